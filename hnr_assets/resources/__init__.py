@@ -1,0 +1,1 @@
+"""ConfigurableResources: storage, dataset sources, and (per stage) the external systems."""

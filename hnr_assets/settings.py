@@ -1,0 +1,121 @@
+"""Process-wide settings, read from the environment in this one place.
+
+- `HNR_PROFILE`: `paper`, `local`, `test`, or the path of a profile YAML file (default `local`).
+- `HNR_DATA_DIR`: runtime root for the Dagster home, MLflow store, models and Parquet outputs
+  (default `<project root>/data`).
+- `HNR_DATASETS_DIR`: a local mirror, i.e. a folder of BEIR-layout dataset folders, looked up first by
+  dataset name (default: no mirror).
+- `MLFLOW_TRACKING_URI`: MLflow tracking server or store (default: SQLite under the data root).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from hnr_assets.lib.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUILTIN_PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+DEFAULT_PROFILE = "local"
+
+
+def _default_data_dir() -> Path:
+    """`data/` beside `pyproject.toml` for a source checkout, else under the user's home."""
+    if (PROJECT_ROOT / "pyproject.toml").is_file():
+        return PROJECT_ROOT / "data"
+    return Path.home() / ".hnr" / "data"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Settings of one process, resolved to absolute paths.
+
+    Attributes:
+        profile: The profile name (`paper`, `local`, `test`) or the path of a profile YAML file.
+        profile_path: The YAML file the profile is read from.
+        data_dir: Absolute runtime root.
+        datasets_dir: Absolute path of the local dataset mirror, or None.
+        mlflow_tracking_uri: Tracking URI handed to MLflow.
+    """
+
+    profile: str
+    profile_path: Path
+    data_dir: Path
+    datasets_dir: Path | None
+    mlflow_tracking_uri: str
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data_dir / "dagster"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.data_dir / "mlflow"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the settings.
+
+        Args:
+            environ: The environment to read; `os.environ` when None.
+
+        Returns:
+            The resolved settings.
+
+        Raises:
+            ConfigError: A variable names a profile or folder that does not exist.
+        """
+        env = os.environ if environ is None else environ
+        profile = env.get("HNR_PROFILE", "").strip() or DEFAULT_PROFILE
+        profile_path = resolve_profile_path(profile)
+
+        data_raw = env.get("HNR_DATA_DIR", "").strip()
+        data_dir = Path(data_raw).expanduser().resolve() if data_raw else _default_data_dir()
+        if data_dir.exists() and not data_dir.is_dir():
+            raise ConfigError(f"HNR_DATA_DIR={data_raw!r} exists and is not a folder")
+
+        mirror_raw = env.get("HNR_DATASETS_DIR", "").strip()
+        datasets_dir = None
+        if mirror_raw:
+            datasets_dir = Path(mirror_raw).expanduser().resolve()
+            if not datasets_dir.is_dir():
+                raise ConfigError(f"HNR_DATASETS_DIR={mirror_raw!r} is not a folder")
+
+        tracking_uri = env.get("MLFLOW_TRACKING_URI", "").strip()
+        if not tracking_uri:
+            tracking_uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+        return cls(
+            profile=profile,
+            profile_path=profile_path,
+            data_dir=data_dir,
+            datasets_dir=datasets_dir,
+            mlflow_tracking_uri=tracking_uri,
+        )
+
+
+def builtin_profiles() -> list[str]:
+    """Names of the profiles shipped in `hnr_assets/profiles/`."""
+    return sorted(p.stem for p in BUILTIN_PROFILES_DIR.glob("*.yaml"))
+
+
+def resolve_profile_path(profile: str) -> Path:
+    """Map `HNR_PROFILE` to a YAML file: a built-in name or a path ending in `.yaml`/`.yml`.
+
+    Raises:
+        ConfigError: Neither a built-in profile nor an existing YAML file.
+    """
+    if profile.endswith((".yaml", ".yml")):
+        path = Path(profile).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"HNR_PROFILE={profile!r}: no such profile file")
+        return path
+    names = builtin_profiles()
+    if profile not in names:
+        raise ConfigError(
+            f"HNR_PROFILE={profile!r} is not a profile; choose one of {', '.join(names)} "
+            "or give the path of a profile YAML file"
+        )
+    return BUILTIN_PROFILES_DIR / f"{profile}.yaml"
