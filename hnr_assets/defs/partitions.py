@@ -4,9 +4,44 @@ from __future__ import annotations
 
 import dagster as dg
 
+from hnr_assets.lib.recipes import Recipe, derive_recipes
 from hnr_assets.profiles.schema import Profile
 
 
 def dataset_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:
     """One partition per evaluation dataset; the key is the dataset name."""
     return dg.StaticPartitionsDefinition(profile.dataset_names)
+
+
+def generator_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:
+    """One partition per LLM generator; the key is the generator key."""
+    return dg.StaticPartitionsDefinition(profile.generator_keys)
+
+
+def recipes(profile: Profile) -> list[Recipe]:
+    """The recipe grid of the profile (see `lib.recipes`)."""
+    return derive_recipes(profile.generator_keys)
+
+
+def recipe_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:
+    """One partition per training recipe."""
+    return dg.StaticPartitionsDefinition([r.key for r in recipes(profile)])
+
+
+# Systems scored besides the trained encoders: BM25 retrieval and the base encoder without fine-tuning.
+BASELINE_SYSTEMS = ("bm25-retrieval", "base-encoder")
+
+
+def system_keys(profile: Profile) -> list[str]:
+    """Scored systems: the two baselines, then every recipe's encoder."""
+    return [*BASELINE_SYSTEMS, *(r.key for r in recipes(profile))]
+
+
+def system_dataset_partitions(profile: Profile) -> dg.MultiPartitionsDefinition:
+    """Two dimensions for `scores`: `system` (baselines + recipes) × `dataset`."""
+    return dg.MultiPartitionsDefinition(
+        {
+            "system": dg.StaticPartitionsDefinition(system_keys(profile)),
+            "dataset": dataset_partitions(profile),
+        }
+    )

@@ -7,7 +7,7 @@ top-level keys are the fields of `Profile`. Each stage of the pipeline reads its
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -77,6 +77,38 @@ class TrainingPairsSpec(StrictModel):
     seed: int = Field(default=0, description="Seed of the `max_pairs` sample.")
 
 
+def _generator_key(value: str) -> str:
+    try:
+        return check_safe_name(value, "generator key")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class SamplingSettings(StrictModel):
+    """Sampling of an LLM generator (the study: Qwen3's non-thinking defaults)."""
+
+    temperature: float = Field(default=0.6, ge=0.0, description="Sampling temperature.")
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(default=20, ge=0, description="Top-k sampling (0: off).")
+    max_tokens: int = Field(default=1024, gt=0, description="Maximum new tokens per completion.")
+
+
+class GeneratorSpec(StrictModel):
+    """One LLM that writes hard negatives; each is a partition of `llm_negatives`."""
+
+    key: Annotated[str, AfterValidator(_generator_key)] = Field(
+        description="Partition key, e.g. `qwen3-4b`; the negative set is named `llm-<key>`."
+    )
+    model: str = Field(description="Hub id, local path, or a packaged model (see the generation stage).")
+    backend: Literal["vllm", "transformers", "openai"] = Field(description="Generation backend.")
+    prompt: str = Field(default="v1", description="Prompt template id (a file in hnr_assets/prompts/).")
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    chat_template_kwargs: dict[str, bool | int | float | str] = Field(
+        default_factory=dict, description="Passed to the chat template, e.g. `enable_thinking: false` for Qwen3."
+    )
+    seed: int = Field(default=0, description="Base seed; retries use seed + attempt.")
+
+
 class Profile(StrictModel):
     """All settings of one profile (`paper`, `local`, `test`, or a file of your own)."""
 
@@ -86,6 +118,9 @@ class Profile(StrictModel):
     description: str = Field(default="", description="One line for humans.")
     datasets: list[DatasetSpec] = Field(min_length=1, description="Evaluation datasets: the `dataset` partitions.")
     training_pairs: TrainingPairsSpec
+    generators: list[GeneratorSpec] = Field(
+        default_factory=list, description="LLM generators: the `generator` partitions; recipes derive from them."
+    )
 
     @model_validator(mode="after")
     def _unique_dataset_names(self) -> Profile:
@@ -93,7 +128,21 @@ class Profile(StrictModel):
         dups = sorted({n for n in names if names.count(n) > 1})
         if dups:
             raise ValueError(f"dataset names must be unique; repeated: {', '.join(dups)}")
+        keys = [g.key for g in self.generators]
+        dups = sorted({k for k in keys if keys.count(k) > 1})
+        if dups:
+            raise ValueError(f"generator keys must be unique; repeated: {', '.join(dups)}")
         return self
+
+    @property
+    def generator_keys(self) -> list[str]:
+        return [g.key for g in self.generators]
+
+    def generator(self, key: str) -> GeneratorSpec:
+        for spec in self.generators:
+            if spec.key == key:
+                return spec
+        raise KeyError(key)
 
     @property
     def dataset_names(self) -> list[str]:
