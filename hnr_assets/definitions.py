@@ -12,6 +12,7 @@ import dagster as dg
 from hnr_assets.defs import datasets
 from hnr_assets.profiles import Profile, load_profile
 from hnr_assets.resources.datasets import DatasetSourcesResource
+from hnr_assets.resources.mlflow import MlflowResource
 from hnr_assets.resources.storage import StorageResource
 from hnr_assets.settings import Settings
 
@@ -26,6 +27,14 @@ def build_resources(settings: Settings, profile: Profile) -> dict[str, object]:
         "dataset_sources": DatasetSourcesResource(
             mirror_dir=str(settings.datasets_dir) if settings.datasets_dir else None,
             cache_dir=str(settings.data_dir / "cache"),
+        ),
+        "mlflow": MlflowResource(
+            tracking_uri=settings.mlflow_tracking_uri,
+            experiment=f"hnr-{profile.name}",
+            artifact_location=(
+                str(settings.mlflow_dir / "artifacts") if settings.mlflow_tracking_uri.startswith("sqlite:") else ""
+            ),
+            ui_url=settings.mlflow_ui_url,
         ),
     }
 

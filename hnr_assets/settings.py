@@ -6,6 +6,8 @@
 - `HNR_DATASETS_DIR`: a local mirror, i.e. a folder of BEIR-layout dataset folders, looked up first by
   dataset name (default: no mirror).
 - `MLFLOW_TRACKING_URI`: MLflow tracking server or store (default: SQLite under the data root).
+- `HNR_MLFLOW_UI_URL`: base URL of the MLflow UI for links in Dagster metadata (default: the tracking
+  URI when it is a server, else `http://127.0.0.1:5000`, where `make mlflow` listens).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Settings:
         data_dir: Absolute runtime root.
         datasets_dir: Absolute path of the local dataset mirror, or None.
         mlflow_tracking_uri: Tracking URI handed to MLflow.
+        mlflow_ui_url: Base URL of the MLflow UI, for links.
     """
 
     profile: str
@@ -46,6 +49,7 @@ class Settings:
     data_dir: Path
     datasets_dir: Path | None
     mlflow_tracking_uri: str
+    mlflow_ui_url: str
 
     @property
     def dagster_home(self) -> Path:
@@ -87,12 +91,16 @@ class Settings:
         tracking_uri = env.get("MLFLOW_TRACKING_URI", "").strip()
         if not tracking_uri:
             tracking_uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+        ui_url = env.get("HNR_MLFLOW_UI_URL", "").strip()
+        if not ui_url:
+            ui_url = tracking_uri if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
         return cls(
             profile=profile,
             profile_path=profile_path,
             data_dir=data_dir,
             datasets_dir=datasets_dir,
             mlflow_tracking_uri=tracking_uri,
+            mlflow_ui_url=ui_url,
         )
 
 

@@ -31,3 +31,42 @@ def problems_result(
         severity=severity,
         metadata={"problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"), **metadata},
     )
+
+
+def negative_set_check_specs(asset: str, min_full_share: float) -> list[dg.AssetCheckSpec]:
+    """The checks every negative set carries (factory: one family, every source).
+
+    Blocking: `schema`, `not_positive`, `distinct`. WARN: `full_coverage` below `min_full_share`.
+    """
+    return [
+        contract_spec(asset, "schema", "Negatives follow the shared long-format schema, no empty text."),
+        contract_spec(asset, "not_positive", "No negative equals its positive (by id or normalised text)."),
+        contract_spec(asset, "distinct", "The negatives of a pair are distinct (by id and normalised text)."),
+        quality_spec(
+            asset,
+            "full_coverage",
+            f"At least {min_full_share:.0%} of the training pairs have a full set of negatives.",
+        ),
+    ]
+
+
+def negative_set_check_results(negatives, pairs, min_full_share: float) -> list[dg.AssetCheckResult]:
+    """Evaluate `negative_set_check_specs` on a stored negative set and the training pairs."""
+    from hnr_assets.lib.negatives import coverage, validate_negatives
+
+    problems = validate_negatives(negatives)
+    results = [problems_result(name, problems[name]) for name in ("schema", "not_positive", "distinct")]
+    results[0] = problems_result("schema", problems["schema"] + problems["ranks"])
+    cov = coverage(negatives, pairs)
+    low = cov["full_share"] < min_full_share
+    results.append(
+        problems_result(
+            "full_coverage",
+            [f"{cov['full_share']:.1%} of pairs have a full set (< {min_full_share:.0%})"] if low else [],
+            severity=dg.AssetCheckSeverity.WARN,
+            full_share=round(float(cov["full_share"]), 4),
+            partial=int(cov["partial"]),
+            none=int(cov["none"]),
+        )
+    )
+    return results
