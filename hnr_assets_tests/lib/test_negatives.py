@@ -69,3 +69,17 @@ def test_coverage() -> None:
 def test_normalisation() -> None:
     assert normalize_text("  Héllo,   WORLD! ") == "héllo world"
     assert text_hash("Hello, world") == text_hash("hello world")
+
+
+def test_false_negative_rules() -> None:
+    import pytest
+
+    from hnr_assets.lib.ce_filter import false_negative_mask
+    from hnr_assets.lib.errors import ConfigError
+
+    scores = [0.99, 0.95, 0.94, 0.2]
+    assert false_negative_mask(scores, 1.0, relative_margin=0.05) == [True, True, False, False]
+    assert false_negative_mask(scores, 1.0, relative_margin=None, absolute_margin=0.1) == [True, True, True, False]
+    assert false_negative_mask(scores, 1.0, relative_margin=None) == [False] * 4
+    with pytest.raises(ConfigError, match="relative_margin must be in"):
+        false_negative_mask(scores, 1.0, relative_margin=1.5)
