@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import dagster as dg
 
-from hnr_assets.defs import datasets
+from hnr_assets.defs import datasets, generation
 from hnr_assets.profiles import Profile, load_profile
 from hnr_assets.resources.datasets import DatasetSourcesResource
+from hnr_assets.resources.generators import (
+    GeneratorBackendsResource,
+    OpenAIBackend,
+    TransformersBackend,
+    VllmBackend,
+)
 from hnr_assets.resources.mlflow import MlflowResource
 from hnr_assets.resources.storage import StorageResource
-from hnr_assets.settings import Settings
+from hnr_assets.settings import GENERATOR_API_KEY_VAR, Settings
 
 # Each stage package exposes build_defs(profile) -> dg.Definitions.
-STAGES = (datasets,)
+STAGES = (datasets, generation)
 
 
 def build_resources(settings: Settings, profile: Profile) -> dict[str, object]:
@@ -35,6 +41,12 @@ def build_resources(settings: Settings, profile: Profile) -> dict[str, object]:
                 str(settings.mlflow_dir / "artifacts") if settings.mlflow_tracking_uri.startswith("sqlite:") else ""
             ),
             ui_url=settings.mlflow_ui_url,
+        ),
+        "generator_backends": GeneratorBackendsResource(
+            transformers=TransformersBackend(),
+            vllm=VllmBackend(),
+            # An environment-variable reference: Dagster resolves it at run time and shows only its name.
+            openai=OpenAIBackend(api_key=dg.EnvVar(GENERATOR_API_KEY_VAR) if settings.generator_api_key else ""),
         ),
     }
 

@@ -8,13 +8,15 @@
 - `MLFLOW_TRACKING_URI`: MLflow tracking server or store (default: SQLite under the data root).
 - `HNR_MLFLOW_UI_URL`: base URL of the MLflow UI for links in Dagster metadata (default: the tracking
   URI when it is a server, else `http://127.0.0.1:5000`, where `make mlflow` listens).
+- `HNR_GENERATOR_API_KEY`: bearer token for OpenAI-compatible generator endpoints (default: none). It is
+  handed to Dagster as an environment-variable reference, so the UI shows the name, never the value.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hnr_assets.lib.errors import ConfigError
@@ -22,6 +24,7 @@ from hnr_assets.lib.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_PROFILE = "local"
+GENERATOR_API_KEY_VAR = "HNR_GENERATOR_API_KEY"
 
 
 def _default_data_dir() -> Path:
@@ -42,6 +45,8 @@ class Settings:
         datasets_dir: Absolute path of the local dataset mirror, or None.
         mlflow_tracking_uri: Tracking URI handed to MLflow.
         mlflow_ui_url: Base URL of the MLflow UI, for links.
+        generator_api_key: Bearer token for OpenAI-compatible generator endpoints ("" for none); kept
+            out of `repr`.
     """
 
     profile: str
@@ -50,6 +55,7 @@ class Settings:
     datasets_dir: Path | None
     mlflow_tracking_uri: str
     mlflow_ui_url: str
+    generator_api_key: str = field(default="", repr=False)
 
     @property
     def dagster_home(self) -> Path:
@@ -101,6 +107,7 @@ class Settings:
             datasets_dir=datasets_dir,
             mlflow_tracking_uri=tracking_uri,
             mlflow_ui_url=ui_url,
+            generator_api_key=env.get(GENERATOR_API_KEY_VAR, "").strip(),
         )
 
 

@@ -84,29 +84,149 @@ def _generator_key(value: str) -> str:
         raise ValueError(str(exc)) from None
 
 
+def _prompt_id(value: str) -> str:
+    from hnr_assets.lib.prompts import available_prompts
+
+    try:
+        check_safe_name(value, "prompt template id")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    known = available_prompts()
+    if value not in known:
+        raise ValueError(f"unknown prompt template {value!r}; known: {', '.join(known)}")
+    return value
+
+
 class SamplingSettings(StrictModel):
     """Sampling of an LLM generator (the study: Qwen3's non-thinking defaults)."""
 
-    temperature: float = Field(default=0.6, ge=0.0, description="Sampling temperature.")
+    temperature: float = Field(default=0.6, ge=0.0, description="Sampling temperature (0: greedy).")
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     top_k: int = Field(default=20, ge=0, description="Top-k sampling (0: off).")
     max_tokens: int = Field(default=1024, gt=0, description="Maximum new tokens per completion.")
 
 
+EngineOption = bool | int | float | str
+
+
 class GeneratorSpec(StrictModel):
-    """One LLM that writes hard negatives; each is a partition of `llm_negatives`."""
+    """One LLM that writes hard negatives; each is a partition of `generator_models` and `llm_negatives`."""
 
     key: Annotated[str, AfterValidator(_generator_key)] = Field(
         description="Partition key, e.g. `qwen3-4b`; the negative set is named `llm-<key>`."
     )
-    model: str = Field(description="Hub id, local path, or a packaged model (see the generation stage).")
+    model: str = Field(
+        description=(
+            "Where the weights come from: a hub id (`Qwen/Qwen3-4B`), an absolute local folder, "
+            "`package:<distribution>` (a GGUF file shipped in a Python package, converted once to safetensors), "
+            "`tiny-random` (a tiny random causal LM built on the spot, for tests), or for the `openai` backend "
+            "the model name the server serves."
+        )
+    )
     backend: Literal["vllm", "transformers", "openai"] = Field(description="Generation backend.")
-    prompt: str = Field(default="v1", description="Prompt template id (a file in hnr_assets/prompts/).")
+    endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Base URL of an OpenAI-compatible server, e.g. `http://127.0.0.1:8000/v1` (backend `openai`).",
+    )
+    prompt: Annotated[str, AfterValidator(_prompt_id)] = Field(
+        default="v1", description="Prompt template id (a file in hnr_assets/prompts/)."
+    )
+    completions: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Completions per pair and attempt (`n`). A `list` template asks for 5 passages in each; a `single` "
+            "template for one, so it needs at least 5."
+        ),
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=20, description="Attempts per pair; a retry (new seed) only while it has fewer than 5."
+    )
+    batch_size: int = Field(
+        default=32, ge=1, description="Sequences per forward pass (transformers); vLLM schedules on its own."
+    )
+    pairs_per_shard: int = Field(
+        default=64, ge=1, description="Pairs per shard: the unit written atomically and skipped on resume."
+    )
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
-    chat_template_kwargs: dict[str, bool | int | float | str] = Field(
+    chat_template_kwargs: dict[str, EngineOption] = Field(
         default_factory=dict, description="Passed to the chat template, e.g. `enable_thinking: false` for Qwen3."
     )
-    seed: int = Field(default=0, description="Base seed; retries use seed + attempt.")
+    engine_options: dict[str, EngineOption] = Field(
+        default_factory=dict,
+        description=(
+            "Backend options for this generator only, e.g. `tensor_parallel_size: 2` or `max_model_len: 8192` "
+            "for vLLM (override the `generator_backends` resource)."
+        ),
+    )
+    seed: int = Field(
+        default=0, description="Base seed; each request's seed derives from it, the pair and the attempt."
+    )
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> GeneratorSpec:
+        if self.backend == "openai" and not self.endpoint:
+            raise ValueError(f"generator {self.key!r}: backend 'openai' needs an endpoint")
+        if self.backend != "openai" and self.endpoint:
+            raise ValueError(f"generator {self.key!r}: endpoint is only used by backend 'openai'")
+        from hnr_assets.lib.negatives import NEGATIVES_PER_PAIR
+        from hnr_assets.lib.prompts import load_prompt
+
+        asked = load_prompt(self.prompt).count * self.completions * self.max_attempts
+        if asked < NEGATIVES_PER_PAIR:
+            raise ValueError(
+                f"generator {self.key!r}: prompt {self.prompt!r} x {self.completions} completions x "
+                f"{self.max_attempts} attempts asks for {asked} passages, fewer than {NEGATIVES_PER_PAIR}"
+            )
+        return self
+
+
+class ValidationSettings(StrictModel):
+    """Which generated passages are kept (see `lib.llm_output.ValidationRules`)."""
+
+    min_words: int = Field(default=8, ge=1, description="Fewer words: rejected as too_short.")
+    max_words: int | None = Field(default=400, ge=1, description="More words: rejected as too_long.")
+    min_stopword_share: float = Field(
+        default=0.12, ge=0.0, le=1.0, description="Share of English function words below which text is not_prose."
+    )
+    min_distinct_trigrams: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Share of distinct word trigrams below which text is repetitive."
+    )
+    max_positive_overlap: float = Field(
+        default=0.6,
+        gt=0.0,
+        le=1.0,
+        description="Word-trigram containment in (or word Jaccard with) the positive at which text copies_positive.",
+    )
+    max_query_overlap: float = Field(
+        default=0.8, gt=0.0, le=1.0, description="Word Jaccard with the query at which text copies_query."
+    )
+    max_duplicate_overlap: float = Field(
+        default=0.8, gt=0.0, le=1.0, description="Word-trigram Jaccard with a kept passage at which text is duplicate."
+    )
+
+
+class GenerationSettings(StrictModel):
+    """Settings shared by every generator, so that generators compare on the same pairs."""
+
+    max_pairs: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Generate for a seeded subset of at most this many training pairs (the same subset for every "
+            "generator; a larger value contains the smaller subset). None: all pairs."
+        ),
+    )
+    pair_seed: int = Field(default=0, description="Seed of the `max_pairs` subset.")
+    max_positive_words: int | None = Field(
+        default=None, gt=0, description="Cut the positive passage in the prompt to this many words (None: whole)."
+    )
+    min_full_share: float = Field(
+        default=0.95, ge=0.0, le=1.0, description="Quality gate (WARN): share of pairs that get all 5 negatives."
+    )
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
 
 
 class Profile(StrictModel):
@@ -120,6 +240,9 @@ class Profile(StrictModel):
     training_pairs: TrainingPairsSpec
     generators: list[GeneratorSpec] = Field(
         default_factory=list, description="LLM generators: the `generator` partitions; recipes derive from them."
+    )
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="Pair subset, prompt length and validation for all generators."
     )
 
     @model_validator(mode="after")
