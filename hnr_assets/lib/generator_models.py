@@ -143,19 +143,11 @@ def _tiny_corpus() -> list[str]:
     return lines
 
 
-def build_tiny_causal_lm(target: Path, seed: int = 0) -> dict[str, Any]:
-    """A tiny random Llama-architecture causal LM with a real BPE tokenizer and a ChatML chat template.
-
-    Its output is gibberish by construction: the generation stage must reject it, stop retrying and
-    report the yield honestly. Built in about a second.
-
-    Returns:
-        The manifest written to `target/hnr-model.json`.
-    """
-    import torch
+def build_tiny_tokenizer(chat_template: str = CHATML_TEMPLATE):
+    """A real byte-level BPE tokenizer (512 tokens) trained on a few lines of English, with a chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from tokenizers import decoders as tk_decoders
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     bpe = Tokenizer(models.BPE(unk_token=None))
@@ -172,7 +164,23 @@ def build_tiny_causal_lm(target: Path, seed: int = 0) -> dict[str, Any]:
         pad_token="<|endoftext|>",  # noqa: S106
         unk_token="<|endoftext|>",  # noqa: S106
     )
-    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def build_tiny_causal_lm(target: Path, seed: int = 0) -> dict[str, Any]:
+    """A tiny random Llama-architecture causal LM with a real BPE tokenizer and a ChatML chat template.
+
+    Its output is gibberish by construction: the generation stage must reject it, stop retrying and
+    report the yield honestly. Built in about a second.
+
+    Returns:
+        The manifest written to `target/hnr-model.json`.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),

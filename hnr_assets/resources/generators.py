@@ -212,23 +212,27 @@ class TransformersBackend(GeneratorBackend):
     def engine(self, spec: Any, model_dir: Path | None, log: LogFn = log.info) -> Iterator[TransformersEngine]:
         if model_dir is None:
             raise ConfigError(f"generator {spec.key!r}: the transformers backend needs model weights")
-        if self.torch_threads:
-            import torch
+        import torch
 
+        threads = torch.get_num_threads()
+        if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
-        engine = TransformersEngine(
-            model_dir,
-            sampling_of(spec),
-            spec.chat_template_kwargs,
-            spec.batch_size,
-            device=self.device,
-            precision=self.precision,
-            log=log,
-        )
         try:
-            yield engine
+            engine = TransformersEngine(
+                model_dir,
+                sampling_of(spec),
+                spec.chat_template_kwargs,
+                spec.batch_size,
+                device=self.device,
+                precision=self.precision,
+                log=log,
+            )
+            try:
+                yield engine
+            finally:
+                engine.close()
         finally:
-            engine.close()
+            torch.set_num_threads(threads)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "transformers", "precision": self.precision}

@@ -223,7 +223,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
 
         with mlflow.run(
             f"llm_negatives:{spec.key}",
-            tags={"dagster/run_id": context.run_id, "hnr/asset": "llm_negatives", "hnr/partition": spec.key},
+            tags={"dagster/run_id": context.run.run_id, "hnr/asset": "llm_negatives", "hnr/partition": spec.key},
         ) as run:
             run.log_params(
                 {
