@@ -249,9 +249,8 @@ def main() -> int:
             )
         )
     http_rows = bench_http(args)
-    print(
-        f"\nOpenAI-compatible HTTP backend vs direct calls, {args.http_requests} requests, concurrency {args.concurrency}:\n"
-    )
+    print(f"\nOpenAI-compatible HTTP backend vs direct calls, {args.http_requests} requests, ", end="")
+    print(f"concurrency {args.concurrency}:\n")
     table = []
     for delay in sorted({r["server_delay_ms"] for r in http_rows}):
         direct, backend = (r for r in http_rows if r["server_delay_ms"] == delay)
