@@ -8,9 +8,12 @@ describing where it came from. Folders are written to a temporary sibling and re
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,19 @@ def model_source(model: str, backend: str) -> ModelSource:
     if model.startswith(("/", "~")):
         return ModelSource("path", str(Path(model).expanduser()))
     return ModelSource("hub", model)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `<folder>.lock` (two partitions preparing one shared model wait for each other)."""
+    lock = Path(folder).with_name(Path(folder).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:

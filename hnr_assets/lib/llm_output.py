@@ -34,6 +34,7 @@ _ITEM = re.compile(
         (?P<label>(?:hard[ \t]+)?(?:negative[ \t]+)?(?:passage|negative|example|text|paragraph|option)s?)
             [ \t]*\#?[ \t]*(?P<lnum>\d{1,2})[ \t]*[.:)\-–—]?
       | \(?\#?(?P<num>\d{1,2})[ \t]*[.):\]]
+      | \(?(?P<letter>[A-J])[.):](?=[ \t]+\S)
       | (?P<bullet>[-*•])(?=[ \t])
     )
     [ \t]*(?:\*\*|__)?[ \t]*:?[ \t]*""",
@@ -140,11 +141,18 @@ def _json_passages(text: str) -> tuple[list[str], str] | None:
 def _clean(passage: str) -> str:
     """Strip labels, Markdown emphasis, quotes and whitespace around one passage."""
     text = passage.strip()
-    for _ in range(2):
+    for _ in range(3):
+        nested = _ITEM.match(text)  # "1. A: text" or "- 1. text"
+        if nested and nested.end() < len(text):
+            text = text[nested.end() :]
         text = _LABEL_PREFIX.sub("", text).strip()
         text = text.strip("*_").strip()
         if len(text) >= 2 and text[0] in "\"'“‘" and text[-1] in "\"'”’":
             text = text[1:-1].strip()
+        elif text and text[0] in '"“' and text.count(text[0]) % 2 == 1:  # an opening quote never closed
+            text = text[1:].strip()
+        elif text and text[-1] in '"”' and text.count(text[-1]) % 2 == 1:
+            text = text[:-1].strip()
         text = text.rstrip(",").strip()
     return " ".join(text.split())
 
@@ -177,14 +185,17 @@ def _listed_passages(text: str) -> tuple[list[str], str] | None:
 def _plain_passage(text: str) -> list[str]:
     """One passage from unstructured text: preamble and trailing commentary paragraphs dropped."""
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    if paragraphs:
+    # Drop leading preamble lines ("Here is a passage:", "The passage that does not answer the query is:").
+    while paragraphs:
         first_lines = paragraphs[0].splitlines()
         head = first_lines[0].strip()
-        if _PREAMBLE.match(head) and (head.endswith(":") or len(head.split()) <= 12):
-            rest = "\n".join(first_lines[1:]).strip()
-            paragraphs = ([rest] if rest else []) + paragraphs[1:]
-        elif head.endswith(":") and len(head.split()) <= 12 and len(first_lines) == 1:
-            paragraphs = paragraphs[1:]
+        short = len(head.split()) <= 25
+        if not ((head.endswith(":") and short) or (_PREAMBLE.match(head) and len(head.split()) <= 12)):
+            break
+        rest = "\n".join(first_lines[1:]).strip()
+        if not rest and len(paragraphs) == 1:
+            break  # nothing after it: keep the line, validation judges it
+        paragraphs = ([rest] if rest else []) + paragraphs[1:]
     kept: list[str] = []
     for paragraph in paragraphs:
         if kept and _COMMENTARY.match(_clean(paragraph)):
@@ -251,6 +262,13 @@ _STOPWORD_TEXT = (
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _WORD = re.compile(r"\w+", re.UNICODE)
 _JUNK = {"Cc", "Cs", "Co", "Cn"}  # control, surrogate, private-use and unassigned code points
+# An assistant talking about the task rather than writing a passage: "the query", "these passages",
+# "JSON", first person ("I'm ready to assist"), "here are".
+_META = re.compile(
+    r"\b(?:the|this|your|above|following|given|relevant|these|those|five|5)\s+(?:query|queries|passages?|prompt)\b"
+    r"|\bjson\b|\b(?:I am|I'm|I will|I'll|I can|I have|I hope)\b|\bhere (?:is|are)\b|\bas an ai\b",
+    re.IGNORECASE,
+)
 
 REASONS = {
     "no_passage": "the parser found no passage in the completion",
@@ -259,6 +277,7 @@ REASONS = {
     "too_long": "more words than `max_words`",
     "not_prose": "control or undecodable characters, or too few English function words (gibberish, code, lists)",
     "repetitive": "degenerate repetition (few distinct word trigrams)",
+    "meta": "talks about the task (the query, the passages, JSON, 'I am ...') instead of being a passage",
     "copies_query": "near-duplicate of the query",
     "copies_positive": "near-duplicate of (or copied from) the positive",
     "duplicate": "near-duplicate of a passage already kept for this pair",
@@ -286,8 +305,8 @@ class ValidationRules:
     min_stopword_share: float = 0.12
     min_distinct_trigrams: float = 0.5
     max_positive_overlap: float = 0.6
-    max_query_overlap: float = 0.8
-    max_duplicate_overlap: float = 0.8
+    max_query_overlap: float = 0.7
+    max_duplicate_overlap: float = 0.7
 
 
 @dataclass
@@ -367,6 +386,9 @@ class PairValidator:
         share = sum(t in STOPWORDS for t in tokens) / n
         if share < rules.min_stopword_share:
             return Verdict(text, "not_prose", f"function words {share:.0%} < {rules.min_stopword_share:.0%}")
+        meta = _META.search(text)
+        if meta:
+            return Verdict(text, "meta", f"says {meta.group(0)!r}")
         grams = trigrams(tokens)
         distinct = len(grams) / max(n - 2, 1)
         if n >= 12 and distinct < rules.min_distinct_trigrams:

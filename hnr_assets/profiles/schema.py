@@ -201,10 +201,10 @@ class ValidationSettings(StrictModel):
         description="Word-trigram containment in (or word Jaccard with) the positive at which text copies_positive.",
     )
     max_query_overlap: float = Field(
-        default=0.8, gt=0.0, le=1.0, description="Word Jaccard with the query at which text copies_query."
+        default=0.7, gt=0.0, le=1.0, description="Word Jaccard with the query at which text copies_query."
     )
     max_duplicate_overlap: float = Field(
-        default=0.8, gt=0.0, le=1.0, description="Word-trigram Jaccard with a kept passage at which text is duplicate."
+        default=0.7, gt=0.0, le=1.0, description="Word-trigram Jaccard with a kept passage at which text is duplicate."
     )
 
 

@@ -11,8 +11,11 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hnr_assets.lib.llm_output import (
+    REASONS,
     PairValidator,
     ValidationRules,
     drop_unfinished_sentence,
@@ -121,3 +124,18 @@ def test_duplicates_and_surplus_within_a_pair() -> None:
 def test_rules_are_configurable() -> None:
     loose = ValidationRules(min_words=2, min_stopword_share=0.0)
     assert validate_candidates(["Vitamin D and sclerosis."], QUERY, POSITIVE, loose, 5)[0].reason is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(alphabet=st.characters(), max_size=400)
+    | st.lists(
+        st.sampled_from(['"', "[", "]", "{", "}", ":", ",", "\n", "1.", "A:", "**", "<think>", "```", "word"])
+    ).map("".join),
+    output=st.sampled_from(["list", "single"]),
+    truncated=st.booleans(),
+)
+def test_parser_and_validator_never_raise(text: str, output: str, truncated: bool) -> None:
+    parsed = parse_completion(text, output, truncated)
+    for verdict in validate_candidates(parsed.passages, QUERY, POSITIVE, RULES, wanted=5):
+        assert verdict.reason is None or verdict.reason in REASONS

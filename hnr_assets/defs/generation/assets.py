@@ -19,7 +19,7 @@ from hnr_assets.lib.generation import (
     summarize,
     write_outputs,
 )
-from hnr_assets.lib.io import write_text
+from hnr_assets.lib.io import file_sha256, write_text
 from hnr_assets.lib.llm_output import REASONS, ValidationRules
 from hnr_assets.lib.progress import Progress
 from hnr_assets.lib.prompts import load_prompt
@@ -58,13 +58,14 @@ def _prepare_model(spec: GeneratorSpec, storage: StorageResource, backends: Gene
     info: dict = {"key": spec.key, "backend": spec.backend, "source": {"kind": source.kind, "value": source.value}}
     if source.kind == "package":
         gguf, sha = gm.packaged_gguf(source.value)
-        sha = sha or gm.file_sha256(gguf)
+        sha = sha or file_sha256(gguf)
         folder = storage.shared_dir("models", f"{source.value}-{sha[:12]}")
-        manifest = gm.read_manifest(folder)
-        if manifest is None:
-            manifest = gm.convert_gguf(gguf, folder, log=log, sha256=sha)
-        else:
-            log(f"{spec.key}: reusing the converted model in {folder}")
+        with gm.folder_lock(folder):
+            manifest = gm.read_manifest(folder)
+            if manifest is None:
+                manifest = gm.convert_gguf(gguf, folder, log=log, sha256=sha)
+            else:
+                log(f"{spec.key}: reusing the converted model in {folder}")
         info.update(path=str(folder), identity=f"gguf:{sha}", manifest=manifest)
     elif source.kind == "tiny-random":
         folder = target / "model"
@@ -72,9 +73,10 @@ def _prepare_model(spec: GeneratorSpec, storage: StorageResource, backends: Gene
         info.update(path=str(folder), identity=f"tiny-random:seed={spec.seed}", manifest=manifest)
     elif source.kind == "hub":
         folder = storage.shared_dir("models", "hub", source.value.replace("/", "--"))
-        manifest = gm.read_manifest(folder)
-        if manifest is None:
-            manifest = gm.download_hub_model(source.value, folder, log=log)
+        with gm.folder_lock(folder):
+            manifest = gm.read_manifest(folder)
+            if manifest is None:
+                manifest = gm.download_hub_model(source.value, folder, log=log)
         info.update(path=str(folder), identity=f"hub:{source.value}", manifest=manifest)
     elif source.kind == "path":
         folder = gm.local_model_folder(source.value)
