@@ -20,7 +20,7 @@ from hnr_assets.resources.generators import (
 )
 from hnr_assets.resources.mlflow import MlflowResource
 from hnr_assets.resources.storage import StorageResource
-from hnr_assets.settings import GENERATOR_API_KEY_VAR, Settings
+from hnr_assets.settings import Settings
 
 # Each stage package exposes build_defs(profile) -> dg.Definitions.
 STAGES = (datasets, generation)
@@ -46,7 +46,10 @@ def build_resources(settings: Settings, profile: Profile) -> dict[str, object]:
             transformers=TransformersBackend(),
             vllm=VllmBackend(),
             # An environment-variable reference: Dagster resolves it at run time and shows only its name.
-            openai=OpenAIBackend(api_key=dg.EnvVar(GENERATOR_API_KEY_VAR) if settings.generator_api_key else ""),
+            openai=OpenAIBackend(
+                api_key=dg.EnvVar(settings.generator_api_key_var) if settings.generator_api_key_var else "",
+                base_url=settings.generator_base_url,
+            ),
         ),
     }
 

@@ -8,8 +8,11 @@
 - `MLFLOW_TRACKING_URI`: MLflow tracking server or store (default: SQLite under the data root).
 - `HNR_MLFLOW_UI_URL`: base URL of the MLflow UI for links in Dagster metadata (default: the tracking
   URI when it is a server, else `http://127.0.0.1:5000`, where `make mlflow` listens).
-- `HNR_GENERATOR_API_KEY`: bearer token for OpenAI-compatible generator endpoints (default: none). It is
-  handed to Dagster as an environment-variable reference, so the UI shows the name, never the value.
+- `HNR_GENERATOR_API_KEY` (else `OPENAI_API_KEY`): bearer token for OpenAI-compatible generator endpoints
+  (default: none). It is handed to Dagster as an environment-variable reference, so the UI shows the
+  variable's name, never the value.
+- `OPENAI_BASE_URL`: endpoint of the `openai` generator backend for generators whose profile entry has no
+  `endpoint` (the compose deployment sets it to its vLLM service; default: none).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from hnr_assets.lib.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_PROFILE = "local"
-GENERATOR_API_KEY_VAR = "HNR_GENERATOR_API_KEY"
+GENERATOR_API_KEY_VARS = ("HNR_GENERATOR_API_KEY", "OPENAI_API_KEY")
+GENERATOR_BASE_URL_VAR = "OPENAI_BASE_URL"
 
 
 def _default_data_dir() -> Path:
@@ -47,6 +51,8 @@ class Settings:
         mlflow_ui_url: Base URL of the MLflow UI, for links.
         generator_api_key: Bearer token for OpenAI-compatible generator endpoints ("" for none); kept
             out of `repr`.
+        generator_api_key_var: The variable the key came from ("" when none is set).
+        generator_base_url: Default endpoint of the `openai` backend ("" for none).
     """
 
     profile: str
@@ -56,6 +62,8 @@ class Settings:
     mlflow_tracking_uri: str
     mlflow_ui_url: str
     generator_api_key: str = field(default="", repr=False)
+    generator_api_key_var: str = ""
+    generator_base_url: str = ""
 
     @property
     def dagster_home(self) -> Path:
@@ -97,6 +105,10 @@ class Settings:
         tracking_uri = env.get("MLFLOW_TRACKING_URI", "").strip()
         if not tracking_uri:
             tracking_uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+        key_var = next((name for name in GENERATOR_API_KEY_VARS if env.get(name, "").strip()), "")
+        base_url = env.get(GENERATOR_BASE_URL_VAR, "").strip().rstrip("/")
+        if base_url and not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{GENERATOR_BASE_URL_VAR}={base_url!r} is not an http(s) URL")
         ui_url = env.get("HNR_MLFLOW_UI_URL", "").strip()
         if not ui_url:
             ui_url = tracking_uri if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
@@ -107,7 +119,9 @@ class Settings:
             datasets_dir=datasets_dir,
             mlflow_tracking_uri=tracking_uri,
             mlflow_ui_url=ui_url,
-            generator_api_key=env.get(GENERATOR_API_KEY_VAR, "").strip(),
+            generator_api_key=env.get(key_var, "").strip() if key_var else "",
+            generator_api_key_var=key_var,
+            generator_base_url=base_url,
         )
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from hnr_assets.lib.errors import ConfigError
 from hnr_assets.lib.recipes import derive_recipes
 from hnr_assets.profiles import ProfileError, load_profile
 from hnr_assets.settings import BUILTIN_PROFILES_DIR, Settings
@@ -52,7 +53,6 @@ BASE = "name: custom\ndatasets:\n  - name: a\ntraining_pairs:\n  dataset: {name:
 @pytest.mark.parametrize(
     ("generator", "message"),
     [
-        ("    model: m\n    backend: openai\n", "backend 'openai' needs an endpoint"),
         ("    model: m\n    backend: vllm\n    endpoint: http://h/v1\n", "endpoint is only used by backend 'openai'"),
         (
             "    model: m\n    backend: vllm\n    prompt: v9\n",
@@ -75,8 +75,13 @@ def test_generator_errors_name_the_key(tmp_path: Path, generator: str, message: 
     assert message in str(err.value)
 
 
-def test_api_key_is_read_in_settings_and_kept_out_of_repr() -> None:
-    settings = Settings.from_env({"HNR_GENERATOR_API_KEY": " sk-secret "})
-    assert settings.generator_api_key == "sk-secret"
+def test_api_key_and_base_url_are_read_in_settings_and_the_key_kept_out_of_repr() -> None:
+    settings = Settings.from_env({"HNR_GENERATOR_API_KEY": " sk-secret ", "OPENAI_API_KEY": "other"})
+    assert (settings.generator_api_key, settings.generator_api_key_var) == ("sk-secret", "HNR_GENERATOR_API_KEY")
     assert "sk-secret" not in repr(settings)
-    assert Settings.from_env({}).generator_api_key == ""
+    fallback = Settings.from_env({"OPENAI_API_KEY": "sk-2", "OPENAI_BASE_URL": "http://vllm:8000/v1/"})
+    assert (fallback.generator_api_key_var, fallback.generator_base_url) == ("OPENAI_API_KEY", "http://vllm:8000/v1")
+    none = Settings.from_env({})
+    assert (none.generator_api_key, none.generator_api_key_var, none.generator_base_url) == ("", "", "")
+    with pytest.raises(ConfigError, match="OPENAI_BASE_URL='vllm:8000' is not an http"):
+        Settings.from_env({"OPENAI_BASE_URL": "vllm:8000"})

@@ -127,7 +127,10 @@ class GeneratorSpec(StrictModel):
     endpoint: str | None = Field(
         default=None,
         pattern=r"^https?://",
-        description="Base URL of an OpenAI-compatible server, e.g. `http://127.0.0.1:8000/v1` (backend `openai`).",
+        description=(
+            "Base URL of an OpenAI-compatible server, e.g. `http://127.0.0.1:8000/v1` (backend `openai`; "
+            "default: the OPENAI_BASE_URL environment variable)."
+        ),
     )
     prompt: Annotated[str, AfterValidator(_prompt_id)] = Field(
         default="v1", description="Prompt template id (a file in hnr_assets/prompts/)."
@@ -167,8 +170,6 @@ class GeneratorSpec(StrictModel):
 
     @model_validator(mode="after")
     def _backend_fields(self) -> GeneratorSpec:
-        if self.backend == "openai" and not self.endpoint:
-            raise ValueError(f"generator {self.key!r}: backend 'openai' needs an endpoint")
         if self.backend != "openai" and self.endpoint:
             raise ValueError(f"generator {self.key!r}: endpoint is only used by backend 'openai'")
         from hnr_assets.lib.negatives import NEGATIVES_PER_PAIR

@@ -504,9 +504,12 @@ class OpenAIEngine:
 
 
 class OpenAIBackend(GeneratorBackend):
-    """An OpenAI-compatible chat completions server (its `endpoint` is set per generator)."""
+    """An OpenAI-compatible chat completions server: a generator's `endpoint`, else `base_url`."""
 
-    api_key: str = Field(default="", description="Bearer token; set from HNR_GENERATOR_API_KEY, never logged.")
+    api_key: str = Field(
+        default="", description="Bearer token; from HNR_GENERATOR_API_KEY or OPENAI_API_KEY, never logged."
+    )
+    base_url: str = Field(default="", description="Endpoint for generators without one (OPENAI_BASE_URL).")
     concurrency: int = Field(default=8, ge=1, le=256, description="Requests in flight.")
     timeout_seconds: float = Field(default=120.0, gt=0, description="Read timeout per HTTP request.")
     connect_timeout_seconds: float = Field(default=10.0, gt=0, description="Connect timeout per HTTP request.")
@@ -520,10 +523,24 @@ class OpenAIBackend(GeneratorBackend):
         default=True, description="Send top_k and chat_template_kwargs (vLLM/llama.cpp extensions to the API)."
     )
 
+    def endpoint_for(self, spec: Any) -> str:
+        """The generator's endpoint, else the backend's `base_url`.
+
+        Raises:
+            ConfigError: Neither is set.
+        """
+        endpoint = spec.endpoint or self.base_url
+        if not endpoint:
+            raise ConfigError(
+                f"generator {spec.key!r}: backend 'openai' needs an endpoint: set `endpoint` in the profile "
+                "or the OPENAI_BASE_URL environment variable"
+            )
+        return endpoint.rstrip("/")
+
     @contextlib.contextmanager
     def engine(self, spec: Any, model_dir: Path | None, log: LogFn = log.info) -> Iterator[OpenAIEngine]:
         engine = OpenAIEngine(
-            spec.endpoint,
+            self.endpoint_for(spec),
             spec.model,
             sampling_of(spec),
             spec.chat_template_kwargs,

@@ -98,7 +98,7 @@ def test_openai_generator_end_to_end(tmp_path: Path, tiny_mirror: Path, monkeypa
     profile = yaml.safe_load((BUILTIN_PROFILES_DIR / "test.yaml").read_text())
     with FakeOpenAIServer(model="served-model") as server:
         profile["generators"] = [
-            {"key": "served", "model": "served-model", "backend": "openai", "endpoint": server.url, "prompt": "v1"},
+            {"key": "served", "model": "served-model", "backend": "openai", "prompt": "v1"},  # OPENAI_BASE_URL
             {"key": "unknown", "model": "not-served", "backend": "openai", "endpoint": server.url},
         ]
         profile["generation"]["max_pairs"] = 10
@@ -110,6 +110,7 @@ def test_openai_generator_end_to_end(tmp_path: Path, tiny_mirror: Path, monkeypa
                 "HNR_DATA_DIR": str(tmp_path / "data"),
                 "HNR_DATASETS_DIR": str(tiny_mirror),
                 "HNR_GENERATOR_API_KEY": "sk-e2e-secret",
+                "OPENAI_BASE_URL": server.url,
             }
         )
         defs = build_defs(settings)

@@ -199,3 +199,11 @@ def test_resource_picks_the_backend_and_applies_engine_options() -> None:
     assert (picked.concurrency, picked.api_key) == (2, "k")
     with pytest.raises(ConfigError, match=r"generator 'g': engine_options \['tensor_parallel'\] are not settings of"):
         resource.for_spec(_spec(engine_options={"tensor_parallel": 2}))
+    # The endpoint: the generator's own, else the backend's base URL (OPENAI_BASE_URL), else an error.
+    served = _spec(backend="openai")
+    assert OpenAIBackend(base_url="http://vllm:8000/v1").endpoint_for(served) == "http://vllm:8000/v1"
+    assert OpenAIBackend(base_url="http://x/v1").endpoint_for(_spec(backend="openai", endpoint="http://y/v1/")) == (
+        "http://y/v1"
+    )
+    with pytest.raises(ConfigError, match="needs an endpoint: set `endpoint` in the profile or the OPENAI_BASE_URL"):
+        OpenAIBackend().endpoint_for(served)

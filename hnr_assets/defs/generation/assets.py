@@ -39,7 +39,7 @@ def _served_model_check(spec: GeneratorSpec, backend: OpenAIBackend) -> dict:
     """Ask an OpenAI-compatible server whether it serves the generator's model (`GET /models`)."""
     import requests
 
-    url = spec.endpoint.rstrip("/") + "/models"
+    url = backend.endpoint_for(spec) + "/models"
     headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
     try:
         response = requests.get(url, headers=headers, timeout=(backend.connect_timeout_seconds, 30))
@@ -82,7 +82,8 @@ def _prepare_model(spec: GeneratorSpec, storage: StorageResource, backends: Gene
         folder = gm.local_model_folder(source.value)
         info.update(path=str(folder), identity=f"path:{folder}", manifest=gm.read_manifest(folder) or {})
     else:  # served by an OpenAI-compatible endpoint
-        info.update(path=None, identity=f"served:{spec.model}@{spec.endpoint}", endpoint=spec.endpoint)
+        endpoint = backends.openai.endpoint_for(spec)
+        info.update(path=None, identity=f"served:{spec.model}@{endpoint}", endpoint=endpoint)
         info["manifest"] = _served_model_check(spec, backends.openai)
     if info["path"] is not None:
         problems = gm.check_model_folder(info["path"])
