@@ -369,7 +369,10 @@ def generate_negatives(
 
 
 def collect_outputs(store: ShardStore, pairs: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    """Every shard table, restricted to `pairs` and in their order (the final outputs of a partition).
+    """The shard tables of `pairs`, in their order: the final outputs of a partition.
+
+    `completions` comes without its raw text (which stays in the shards: at the study's scale it is
+    gigabytes); `stats` covers every shard.
 
     Raises:
         HnrError: A pair of `pairs` is in no shard (generation did not finish).
@@ -379,11 +382,11 @@ def collect_outputs(store: ShardStore, pairs: pl.DataFrame) -> dict[str, pl.Data
     schemas = {
         "negatives": NEGATIVES_SCHEMA,
         "rejections": REJECTIONS_SCHEMA,
-        "completions": COMPLETIONS_SCHEMA,
+        "completions": {k: v for k, v in COMPLETIONS_SCHEMA.items() if k != "text"},
         "pairs": PAIR_STATS_SCHEMA,
     }
     for name, schema in schemas.items():
-        frame = store.read(name)
+        frame = store.read(name, columns=list(schema))
         frame = pl.DataFrame(schema=schema) if frame is None else frame
         sort = ["_order"] + [c for c in ("attempt", "completion", "item", "negative_rank") if c in schema]
         out[name] = frame.join(keys, on=["query_id", "positive_id"], how="inner").sort(sort).drop("_order")
@@ -434,5 +437,5 @@ def write_outputs(outputs: dict[str, pl.DataFrame], folder: Path) -> dict[str, P
     """Write the final Parquet files of a partition atomically, one file each."""
     from hnr_assets.lib.io import write_parquet
 
-    names = {"negatives": "negatives", "rejections": "rejections", "completions": "completions", "pairs": "pair_stats"}
+    names = {"negatives": "negatives", "rejections": "rejections", "pairs": "pair_stats"}
     return {key: write_parquet(outputs[key], Path(folder) / f"{name}.parquet") for key, name in names.items()}

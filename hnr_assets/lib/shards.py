@@ -98,9 +98,9 @@ class ShardStore:
         found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _SHARD.match(p.name)) and p.is_dir()]
         return [p for _, p in sorted(found)]
 
-    def read(self, table: str) -> pl.DataFrame | None:
-        """One table over all complete shards (None when there is no shard)."""
-        frames = [pl.read_parquet(d / f"{table}.parquet") for d in self.shard_dirs()]
+    def read(self, table: str, columns: list[str] | None = None) -> pl.DataFrame | None:
+        """One table over all complete shards (None when there is no shard), optionally some columns only."""
+        frames = [pl.read_parquet(d / f"{table}.parquet", columns=columns) for d in self.shard_dirs()]
         return pl.concat(frames, how="vertical") if frames else None
 
     def done_pairs(self) -> set[tuple[str, str]]:

@@ -58,7 +58,8 @@ def test_tiny_random_generators_end_to_end(test_settings: Settings) -> None:
         negatives = pl.read_parquet(out / "negatives.parquet")
         stats = pl.read_parquet(out / "pair_stats.parquet")
         rejections = pl.read_parquet(out / "rejections.parquet")
-        completions = pl.read_parquet(out / "completions.parquet")
+        completions = pl.read_parquet(sorted(out.glob("shards/*/shard-*/completions.parquet")))
+        assert not (out / "completions.parquet").exists() and completions["text"].null_count() == 0
         summary = json.loads((out / "summary.json").read_text())
 
         # Gibberish is rejected: no pair gets its five negatives, and the yield says so.

@@ -151,8 +151,8 @@ def build_defs(profile: Profile) -> dg.Definitions:
             "(query, positive) of the training pairs (a seeded subset when `generation.max_pairs` is set, the "
             "same for every generator). Written in shards as it goes; a killed run resumes where it stopped. "
             "Files: negatives.parquet (shared negative-set schema, source `llm-<key>`), rejections.parquet "
-            "(every rejected or unused passage with its reason), completions.parquet (raw outputs), "
-            "pair_stats.parquet, summary.json, shards/."
+            "(every rejected or unused passage with its reason), pair_stats.parquet, summary.json, and shards/ "
+            "(also holding every raw completion: shards/<signature>/shard-*/completions.parquet)."
         ),
     )
     def llm_negatives(
