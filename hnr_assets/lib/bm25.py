@@ -385,7 +385,9 @@ class Bm25sEngine(BM25Engine):
         frame = pl.concat(list(iter_passages(corpus_path)))
         tokenizer = self._tokenizer()
         tokens = tokenizer.tokenize(frame["contents"].to_list(), return_as="tuple", show_progress=False)
-        empty = sum(1 for ids in tokens.ids if not ids)
+        # bm25s gives a document without any token the single token "" (so that it can be indexed).
+        empty_id = tokenizer.get_vocab_dict().get("")
+        empty = sum(1 for ids in tokens.ids if not ids or ids == [empty_id])
         retriever = bm25s.BM25(k1=self.config.k1, b=self.config.b, method="lucene")
         retriever.index(tokens, show_progress=False)
         index_dir.mkdir(parents=True)
@@ -406,6 +408,9 @@ class Bm25sEngine(BM25Engine):
         doc_ids = pl.read_parquet(folder / "doc_ids.parquet")["doc_id"].to_numpy()
         texts = queries["text"].to_list()
         ids = tokenizer.tokenize(texts, update_vocab=False, return_as="ids", show_progress=False)
+        # A query without a known term comes back as the "" token, which would match empty documents.
+        empty_id = tokenizer.get_vocab_dict().get("")
+        ids = [[t for t in q if t != empty_id] for q in ids]
         keep = [i for i, q in enumerate(ids) if q]
         if not keep:
             return pl.DataFrame(schema=HITS_SCHEMA)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from pathlib import Path
-
 import dagster as dg
 import polars as pl
 import pytest
