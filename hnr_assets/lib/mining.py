@@ -354,7 +354,14 @@ def short_reason_ce(stats: pl.DataFrame, n: int = NEGATIVES_PER_PAIR) -> pl.Data
         .when(pl.col("candidates") == 0)
         .then(pl.lit("no eligible BM25 candidate"))
         .when(pl.col("candidates") - pl.col("filtered") < n)
-        .then(pl.format("{} of {} candidates scored too close to the positive", "filtered", "candidates"))
+        .then(
+            pl.format(
+                "{} of {} candidates score too close to (or above) the positive, whose score is {}",
+                "filtered",
+                "candidates",
+                pl.col("positive_score").round_sig_figs(2),
+            )
+        )
         .otherwise(pl.lit("fewer candidates than negatives"))
         .alias("reason")
     )
