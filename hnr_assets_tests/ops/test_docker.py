@@ -22,6 +22,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -195,6 +196,7 @@ def test_dagster_yaml_is_a_valid_instance_with_postgres_and_the_docker_launcher(
     from dagster._serdes.config_class import ConfigurableClassData
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
     from dagster_postgres.storage import DagsterPostgresStorage
+    from dagster_postgres.utils import get_conn_string
 
     raw = yaml.safe_load((DOCKER / "dagster.yaml").read_text())
     config, _ = dagster_instance_config(str(DOCKER), "dagster.yaml")
@@ -207,6 +209,10 @@ def test_dagster_yaml_is_a_valid_instance_with_postgres_and_the_docker_launcher(
     processed = process_config(DagsterPostgresStorage.config_type(), raw["storage"]["postgres"])
     db = processed.value["postgres_db"]
     assert (db["hostname"], db["password"], db["db_name"]) == ("postgres", PASSWORD, "dagster")
+    # The URL that dagster-postgres builds loads its driver (create_engine imports it; no connection made).
+    engine = sqlalchemy.create_engine(get_conn_string(**db))
+    assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg2")
+    engine.dispose()
 
     launcher = ConfigurableClassData(
         raw["run_launcher"]["module"], raw["run_launcher"]["class"], yaml.safe_dump(raw["run_launcher"]["config"])
