@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from hnr_assets.defs import datasets, generation
+from hnr_assets.defs import datasets, generation, mining
 from hnr_assets.profiles import Profile, load_profile
+from hnr_assets.resources.bm25 import bm25_resource
+from hnr_assets.resources.cross_encoder import cross_encoder_resource
 from hnr_assets.resources.datasets import DatasetSourcesResource
 from hnr_assets.resources.generators import (
     GeneratorBackendsResource,
@@ -23,7 +25,7 @@ from hnr_assets.resources.storage import StorageResource
 from hnr_assets.settings import Settings
 
 # Each stage package exposes build_defs(profile) -> dg.Definitions.
-STAGES = (datasets, generation)
+STAGES = (datasets, mining, generation)
 
 
 def build_resources(settings: Settings, profile: Profile) -> dict[str, object]:
@@ -42,6 +44,8 @@ def build_resources(settings: Settings, profile: Profile) -> dict[str, object]:
             ),
             ui_url=settings.mlflow_ui_url,
         ),
+        "bm25": bm25_resource(profile.bm25, index_cache_dir=str(settings.data_dir / "cache" / "bm25-indexes")),
+        "cross_encoder_runtime": cross_encoder_resource(profile.cross_encoder),
         "generator_backends": GeneratorBackendsResource(
             transformers=TransformersBackend(),
             vllm=VllmBackend(),
