@@ -109,6 +109,117 @@ class GeneratorSpec(StrictModel):
     seed: int = Field(default=0, description="Base seed; retries use seed + attempt.")
 
 
+class BaseEncoderSpec(StrictModel):
+    """The encoder every recipe starts from (asset `base_encoder`)."""
+
+    model: str = Field(
+        default="distilbert-base-uncased",
+        description=(
+            "A model hub id (e.g. `distilbert-base-uncased`, downloaded), `package:<distribution>` (weights "
+            "shipped inside an installed Python package, offline), `tiny-random` (a 2-layer BERT built in the "
+            "run, for tests), or an absolute path to a sentence-transformers or transformers folder."
+        ),
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) to download.")
+    pooling: Literal["mean", "cls", "max"] = Field(
+        default="mean", description="Pooling added when the model is a plain transformers checkpoint."
+    )
+    max_seq_length: int = Field(
+        default=256,
+        gt=0,
+        description="Max tokens per text of the saved base model and of every trained encoder (inference).",
+    )
+    seed: int = Field(default=0, description="Seed of the weights of `tiny-random`.")
+
+
+class TrainingSetSettings(StrictModel):
+    """How a recipe's training set is assembled from the negative sets (asset `training_sets`)."""
+
+    negatives_per_row: int = Field(default=5, ge=1, description="Hard negatives per row (the study: 5).")
+    min_negatives: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "A source covers a pair when it has at least this many negatives for it; short rows are filled by "
+            "repeating the pair's own negatives in rank order. Set it to `negatives_per_row` to drop short rows."
+        ),
+    )
+    same_queries: bool = Field(
+        default=True,
+        description=(
+            "Train every recipe on the same pairs: those covered by every negative source of the profile "
+            "(BM25, cross-encoder, each generator). Off: each recipe keeps every pair its own sources cover."
+        ),
+    )
+    validation_fraction: float = Field(
+        default=0.1, gt=0.0, lt=1.0, description="Share of the queries held out for validation (split by query)."
+    )
+    split_seed: int = Field(default=0, description="Seed of the split (a query's side is a hash of seed and id).")
+    filter_relative_margin: float | None = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="`-filtered` recipes: drop an LLM negative scoring >= positive x (1 - margin) (TopK-PercPos).",
+    )
+    filter_absolute_margin: float | None = Field(
+        default=None, ge=0.0, description="`-filtered` recipes: drop a negative scoring >= positive - margin."
+    )
+
+    @model_validator(mode="after")
+    def _min_within_row(self) -> TrainingSetSettings:
+        if self.min_negatives > self.negatives_per_row:
+            raise ValueError(
+                f"min_negatives ({self.min_negatives}) must not exceed negatives_per_row ({self.negatives_per_row})"
+            )
+        return self
+
+
+class TrainerSettings(StrictModel):
+    """Fine-tuning of one encoder per recipe (asset `encoders`); every field can be overridden per run."""
+
+    batch_size: int = Field(default=16, ge=2, description="Rows per batch; the other rows are in-batch negatives.")
+    learning_rate: float = Field(default=2e-5, ge=0.0, description="Peak learning rate (AdamW, linear decay).")
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0, description="Share of the steps spent warming up.")
+    weight_decay: float = Field(default=0.01, ge=0.0, description="AdamW weight decay.")
+    epochs: float = Field(default=1.0, gt=0.0, description="Passes over the training rows (unless max_steps).")
+    max_steps: int | None = Field(default=None, gt=0, description="Stop after this many steps (overrides epochs).")
+    eval_steps: int = Field(default=1000, gt=0, description="Evaluate on the validation queries every this many steps.")
+    early_stopping_patience: int = Field(
+        default=3, ge=1, description="Stop after this many evaluations without improvement; the best is kept."
+    )
+    max_seq_length: int = Field(default=256, gt=0, description="Max tokens per text while training and validating.")
+    scale: float = Field(default=20.0, gt=0.0, description="MultipleNegativesRankingLoss scale (1 / temperature).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description=(
+            "Mixed precision: `auto` = bf16 on a GPU that supports it (fp16 otherwise), bf16 autocast on a CPU "
+            "with AVX512-BF16/AMX, fp32 elsewhere."
+        ),
+    )
+    seed: int = Field(default=0, description="Seed of initialisation, batch order and dropout.")
+    logging_steps: int = Field(default=10, gt=0, description="Log loss and learning rate every this many steps.")
+    validation_queries: int | None = Field(
+        default=None, gt=0, description="Evaluate on a seeded sample of at most this many validation queries."
+    )
+    validation_corpus_size: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Rank the validation queries' positives among a seeded sample of this many training-corpus "
+            "documents (their positives always included); null: the whole training corpus."
+        ),
+    )
+    eval_batch_size: int = Field(default=64, gt=0, description="Texts per batch when encoding for validation.")
+
+
+class TrainingSpec(StrictModel):
+    """Training sets per recipe and the encoders trained on them (defaults: the study's settings)."""
+
+    base_encoder: BaseEncoderSpec = Field(default_factory=BaseEncoderSpec)
+    sets: TrainingSetSettings = Field(default_factory=TrainingSetSettings)
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+
+
 class Profile(StrictModel):
     """All settings of one profile (`paper`, `local`, `test`, or a file of your own)."""
 
@@ -120,6 +231,9 @@ class Profile(StrictModel):
     training_pairs: TrainingPairsSpec
     generators: list[GeneratorSpec] = Field(
         default_factory=list, description="LLM generators: the `generator` partitions; recipes derive from them."
+    )
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec, description="Training sets and encoders; the defaults are the study's."
     )
 
     @model_validator(mode="after")
