@@ -252,6 +252,7 @@ class TrainingOutcome:
         stopped_early: Early stopping ended the run before `planned_steps`.
         evaluations: (step, validation nDCG@10) of every evaluation, the base one at step 0 first.
         train_seconds: Wall time of the training loop (evaluations and checkpoints included).
+        train_cpu_seconds: CPU time of this process over the same span (all its threads).
         train_examples: Rows trained on (steps x batch size).
         precision: `fp32`, `bf16` or `fp16`.
         device: `cpu` or `cuda`.
@@ -266,6 +267,7 @@ class TrainingOutcome:
     stopped_early: bool
     evaluations: list[tuple[int, float]] = field(default_factory=list)
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0
     train_examples: int = 0
     precision: str = "fp32"
     device: str = "cpu"
@@ -327,7 +329,7 @@ def build_trainer(
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from transformers import EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback, PrinterCallback
 
     dataset = Dataset.from_polars(train_rows.select(trainer_columns(per_row)))
     total = planned_steps(dataset.num_rows, settings)
@@ -361,7 +363,7 @@ def build_trainer(
         report_to="none",
         disable_tqdm=True,
     )
-    return SentenceTransformerTrainer(
+    trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -369,6 +371,8 @@ def build_trainer(
         evaluator=evaluator,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience), *(callbacks or [])],
     )
+    trainer.remove_callback(PrinterCallback)  # logs go to `callbacks` (MLflow, progress), not to stdout
+    return trainer
 
 
 def _forwarding_callback(sink: MetricsSink):
@@ -465,9 +469,9 @@ def train_encoder(
     )
     total = planned_steps(train_rows.height, settings)
     say(f"training {train_rows.height} rows for up to {total} steps (batch {settings.batch_size}, {precision})")
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     trainer.train()
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     state = trainer.state
     trained = trainer.model
     trained.max_seq_length = save_max_seq_length
@@ -483,6 +487,7 @@ def train_encoder(
         stopped_early=int(state.global_step) < total,
         evaluations=evaluations,
         train_seconds=seconds,
+        train_cpu_seconds=cpu_seconds,
         train_examples=int(state.global_step) * settings.batch_size,
         precision=precision,
         device=device,

@@ -502,8 +502,8 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
         run_tags = {"hnr/asset": "encoders", "hnr/partition": recipe.key}
         closed = mlflow.close_stale_runs(
             run_tags,
-            lambda run: owner_gone(context.instance, context.run_id, run),
-            reason=f"its process ended without closing it; closed by Dagster run {context.run_id}",
+            lambda run: owner_gone(context.instance, context.run.run_id, run),
+            reason=f"its process ended without closing it; closed by Dagster run {context.run.run_id}",
         )
         if closed:
             context.log.warning(f"{where}: marked FAILED the MLflow runs left RUNNING by a killed process: {closed}")
@@ -532,7 +532,7 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
         tags = {
             **run_tags,
             "hnr/profile": profile.name,
-            "hnr/dagster_run_id": context.run_id,
+            "hnr/dagster_run_id": context.run.run_id,
             "hnr/host": socket.gethostname(),
             "hnr/pid": str(os.getpid()),
         }
@@ -570,7 +570,7 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
                     registered_name,
                     source,
                     description=f"Recipe {recipe.key} ({', '.join(recipe.sources)}), profile {profile.name}.",
-                    tags={"recipe": recipe.key, "profile": profile.name, "dagster_run_id": context.run_id},
+                    tags={"recipe": recipe.key, "profile": profile.name, "dagster_run_id": context.run.run_id},
                 )
                 training = {
                     "recipe": recipe.key,
@@ -589,6 +589,7 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
                     "stopped_early": outcome.stopped_early,
                     "evaluations": outcome.evaluations,
                     "train_seconds": round(outcome.train_seconds, 2),
+                    "train_cpu_seconds": round(outcome.train_cpu_seconds, 2),
                     "examples_per_second": round(outcome.examples_per_second, 3),
                     "precision": outcome.precision,
                     "device": outcome.device,
