@@ -15,7 +15,7 @@ Data: the `local` profile's training pairs (SciFact train, from `HNR_DATASETS_DI
 each with 5 negatives drawn at random from the training corpus (throughput does not depend on how the
 negatives were mined).
 
-    .venv/bin/python benchmarks/training.py                   # the local profile's settings (18 steps)
+    .venv/bin/python benchmarks/training.py                   # the local profile's settings (12 steps)
     .venv/bin/python benchmarks/training.py --steps 6 --eval-steps 3 --repeats 2 --threads 1
 """
 
@@ -190,10 +190,10 @@ def run_bare(base_dir: Path, train: pl.DataFrame, validation, trainer_settings, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=18, help="training steps (local profile: 18)")
+    parser.add_argument("--steps", type=int, default=12, help="training steps (local profile: 12)")
     parser.add_argument("--eval-steps", type=int, default=3, help="evaluate every N steps (local profile: 3)")
     parser.add_argument("--max-seq-length", type=int, default=0, help="override the profile's (128)")
-    parser.add_argument("--corpus-size", type=int, default=0, help="override validation_corpus_size (250)")
+    parser.add_argument("--corpus-size", type=int, default=0, help="override validation_corpus_size (200)")
     parser.add_argument("--pairs", type=int, default=None, help="use a seeded sample of this many pairs")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each variant, alternating")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -234,10 +234,15 @@ def assemble_training_set(
     per_row: int,
     min_negatives: int,
     keep_pairs: pl.DataFrame | None,
+    query_universe: Sequence[str],
     validation_fraction: float,
     split_seed: int,
 ) -> AssembledSet:
     """Concatenate the rows of a recipe's sources and split them by query.
+
+    The split is drawn over `query_universe` (every training query), not over the queries the recipe
+    covers: the validation queries are then the same for every recipe and do not shrink when the
+    negative sources cover few pairs (validation ranks corpus passages and needs no negatives).
 
     Args:
         sources: The recipe's negative-set names, in order.
@@ -246,12 +251,15 @@ def assemble_training_set(
         min_negatives: See `wide_rows`.
         keep_pairs: Only these pairs (`query_id`, `positive_id`), e.g. `common_pairs` of the profile;
             None keeps every pair a source covers.
+        query_universe: Every query the split is drawn over (the training pairs' queries).
         validation_fraction: Share of the queries held out.
         split_seed: Split seed.
 
     Returns:
-        Rows with `split`, the split of every query of the query universe (`keep_pairs`' queries, or
-        the recipe's), and counts per source.
+        Rows with `split`, the split of every query of the universe, and counts per source.
+
+    Raises:
+        DataValidationError: A negative set has rows for a query outside the universe.
     """
     parts = []
     per_source: dict[str, dict[str, int]] = {}
@@ -265,10 +273,10 @@ def assemble_training_set(
         per_source[source] = counts
         parts.append(rows)
     rows = pl.concat(parts) if parts else pl.DataFrame(schema=training_set_schema(per_row)).drop("split")
-    universe = keep_pairs["query_id"] if keep_pairs is not None else rows["query_id"]
-    validation = split_queries(universe.to_list(), validation_fraction, split_seed)
+    universe = sorted(set(query_universe))
+    validation = split_queries(universe, validation_fraction, split_seed)
     split = (
-        pl.DataFrame({"query_id": sorted(set(universe.to_list()))})
+        pl.DataFrame({"query_id": universe}, schema={"query_id": pl.String})
         .with_columns(
             pl.when(pl.col("query_id").is_in(sorted(validation)))
             .then(pl.lit("validation"))
@@ -278,6 +286,13 @@ def assemble_training_set(
         .sort("query_id")
     )
     rows = rows.join(split, on="query_id", how="left").cast(training_set_schema(per_row))
+    strangers = rows.filter(pl.col("split").is_null())["query_id"].unique().sort()
+    if strangers.len():
+        raise DataValidationError(
+            "negative sets",
+            f"{', '.join(sources)} have rows for {strangers.len()} queries that are not training queries, "
+            f"e.g. {', '.join(strangers.head(3).to_list())}",
+        )
     stats: dict[str, int | dict[str, int]] = {
         "rows": rows.height,
         "pairs": rows.select(PAIR).unique().height,

@@ -112,7 +112,7 @@ def test_training_sets_share_pairs_and_split(env) -> None:
     assert "| query | positive | negative_1 | source | split |" in meta["bm25"]["sample_rows"]
     splits = [pl.read_parquet(root / "training_sets" / r / "split.parquet") for r in meta]
     assert splits[0].equals(splits[1]) and splits[0].equals(splits[2])
-    assert splits[0].filter(pl.col("split") == "validation").height == 3  # 20% of 15 queries
+    assert splits[0].filter(pl.col("split") == "validation").height == 3  # 20% of the 16 training queries
     rows = pl.read_parquet(root / "training_sets" / "all-llms+ce" / "training_set.parquet")
     assert rows.group_by("query_id").agg(pl.col("split").n_unique())["split"].max() == 1
     manifest = json.loads((root / "training_sets" / "all-llms+ce" / "manifest.json").read_text())

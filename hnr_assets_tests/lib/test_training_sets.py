@@ -19,6 +19,8 @@ from hnr_assets.lib.training_sets import (
     wide_rows,
 )
 
+UNIVERSE = [f"q{i}" for i in range(25)]
+
 
 def negset(source: str, counts: dict[str, int], *, text: str = "neg") -> pl.DataFrame:
     """A negative set with `counts[qid]` negatives for pair (qid, p-qid)."""
@@ -94,18 +96,27 @@ def test_combined_recipe_concatenates_rows_on_the_common_pairs() -> None:
         per_row=5,
         min_negatives=1,
         keep_pairs=keep,
+        query_universe=UNIVERSE,
         validation_fraction=0.2,
         split_seed=0,
     )
     alone = assemble_training_set(
-        ["bm25"], {"bm25": bm25}, per_row=5, min_negatives=1, keep_pairs=keep, validation_fraction=0.2, split_seed=0
+        ["bm25"],
+        {"bm25": bm25},
+        per_row=5,
+        min_negatives=1,
+        keep_pairs=keep,
+        query_universe=UNIVERSE,
+        validation_fraction=0.2,
+        split_seed=0,
     )
     assert both.stats["rows"] == 30 and both.stats["pairs"] == 15
     assert both.stats["per_source"] == {"llm-a": 15, "bm25": 15}
     assert both.rows["source"].to_list()[:15] == ["llm-a"] * 15
     assert alone.stats["rows"] == 15  # same query set for every recipe
     assert both.split.equals(alone.split)  # and the same validation queries
-    assert both.stats["validation_queries"] == 3
+    assert both.stats["validation_queries"] == 5  # 20% of the 25 training queries, covered or not
+    assert both.split.height == 25
     assert dict(both.rows.schema) == training_set_schema(5)
     assert validate_training_set(both.rows, 5) == {"schema": [], "not_positive": [], "split": []}
     sides = both.rows.group_by("query_id").agg(pl.col("split").n_unique())
@@ -119,6 +130,7 @@ def test_validation_catches_positive_as_negative_and_split_leaks() -> None:
         per_row=5,
         min_negatives=1,
         keep_pairs=None,
+        query_universe=UNIVERSE,
         validation_fraction=0.2,
         split_seed=0,
     )
@@ -168,3 +180,19 @@ def test_ce_filter_applies_the_shared_positive_aware_rule() -> None:
     missing = scores.filter(~((pl.col("query_id") == "q2") & (pl.col("negative_rank") > 1)))
     with pytest.raises(DataValidationError, match="2 of 8 negatives have no score"):
         apply_ce_filter(llm, missing, relative_margin=0.05, absolute_margin=None)
+
+
+def test_rows_for_unknown_queries_are_refused() -> None:
+    with pytest.raises(
+        DataValidationError, match="bm25 have rows for 1 queries that are not training queries, e.g. q99"
+    ):
+        assemble_training_set(
+            ["bm25"],
+            {"bm25": negset("bm25", {"q1": 5, "q99": 5})},
+            per_row=5,
+            min_negatives=1,
+            keep_pairs=None,
+            query_universe=["q1", "q2", "q3"],
+            validation_fraction=0.2,
+            split_seed=0,
+        )

@@ -287,6 +287,9 @@ def training_sets_asset(profile: Profile) -> dg.AssetsDefinition:
         settings = merge(spec.sets, config, f"training_sets[{recipe.key}]")
         where = f"training_sets[{recipe.key}]"
         started = time.perf_counter()
+        pairs_file = storage.asset_dir("training_pairs") / "pairs.parquet"
+        if not pairs_file.is_file():
+            raise DataValidationError(pairs_file, f"{where}: missing input; materialize training_pairs first")
         needed = profile_sources(profile) if settings.same_queries else list(recipe.sources)
         frames = {source: read_negatives(storage, source, where) for source in needed}
         keep = common_pairs(frames, settings.min_negatives) if settings.same_queries else None
@@ -325,6 +328,7 @@ def training_sets_asset(profile: Profile) -> dg.AssetsDefinition:
             per_row=settings.negatives_per_row,
             min_negatives=settings.min_negatives,
             keep_pairs=keep,
+            query_universe=pl.read_parquet(pairs_file, columns=["query_id"])["query_id"].to_list(),
             validation_fraction=settings.validation_fraction,
             split_seed=settings.split_seed,
         )
