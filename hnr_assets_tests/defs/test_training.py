@@ -20,6 +20,7 @@ import polars as pl
 import pytest
 
 from hnr_assets.definitions import build_defs
+from hnr_assets.lib.ce_filter import false_negative_mask
 from hnr_assets.settings import Settings
 from hnr_assets_tests.fixtures import make_tiny_dataset
 from hnr_assets_tests.training_fixtures import single_torch_thread, write_negative_sets
@@ -191,15 +192,55 @@ def test_failed_training_leaves_a_failed_run_and_no_version(env) -> None:
     assert len(runs_of(env, "ce")) == 1  # refused before any run was opened
 
 
-def test_filtered_recipe_without_cross_encoder_stage_fails_clearly(env) -> None:
-    defs = env["defs"]
-    result = materialize(defs, "training_sets", "llm-tiny-lm-a-filtered", raise_on_error=False)
-    error = str(result.get_step_failure_events()[0].event_specific_data.error)
+def test_filtered_recipe_scores_llm_negatives_with_the_cross_encoder(env) -> None:
+    defs, root = env["defs"], env["root"]
+    missing = materialize(defs, "training_sets", "llm-tiny-lm-a-filtered", raise_on_error=False)
+    error = str(missing.get_step_failure_events()[0].event_specific_data.error)
     assert "cross-encoder scores of llm-tiny-lm-a are missing" in error
     assert "materialize llm_negatives_ce_scores[tiny-lm-a]" in error
-    scored = materialize(defs, "llm_negatives_ce_scores", "tiny-lm-a", raise_on_error=False)
-    error = str(scored.get_step_failure_events()[0].event_specific_data.error)
-    assert "the cross-encoder stage is missing" in error
+
+    assert materialize(defs, "cross_encoder").success  # the mining stage's (a tiny random BERT in `test`)
+    scored = materialize(defs, "llm_negatives_ce_scores", "tiny-lm-a")
+    assert checks(scored) == {"contract": True}
+    assert metadata(scored, "llm_negatives_ce_scores")["negatives_scored"] == 24 * 5
+    scores = pl.read_parquet(root / "llm_negatives_ce_scores" / "tiny-lm-a" / "scores.parquet")
+    assert scores.height == 120 and scores["negative_score"].is_between(0, 1).all()
+
+    # The random model scores every pair 0.4965 +- 1e-7: with margin 0 the rule drops the negatives that
+    # score at least as high as their positive and keeps the others; the expectation is recomputed below.
+    config = {"filter_relative_margin": 0.0, "filter_absolute_margin": None}
+    result = materialize(
+        defs, "training_sets", "llm-tiny-lm-a-filtered", run_config={"ops": {"training_sets": {"config": config}}}
+    )
+    meta = metadata(result, "training_sets")
+    negatives = env["frames"]["llm-tiny-lm-a"]
+    expected_drop = 0
+    for _, group in scores.sort("negative_rank").group_by(["query_id", "positive_id"], maintain_order=True):
+        mask = false_negative_mask(
+            group["negative_score"].to_list(), group["positive_score"][0], relative_margin=0.0, absolute_margin=None
+        )
+        expected_drop += sum(mask)
+    assert meta["negatives_filtered_out"] == expected_drop and 0 < expected_drop < negatives.height
+    assert meta["rows"] > 0 and meta["common_pairs"] == 22  # the query set is chosen before filtering
+    rows = pl.read_parquet(root / "training_sets" / "llm-tiny-lm-a-filtered" / "training_set.parquet")
+    kept = negatives.join(
+        scores.filter(pl.col("negative_score") < pl.col("positive_score")),
+        on=["query_id", "positive_id", "negative_rank"],
+        how="semi",
+    )
+    written = {t for c in [f"negative_{i}" for i in range(1, 6)] for t in rows[c].to_list()}
+    assert written <= set(kept["negative"].to_list())
+
+    path = root / "llm_negatives" / "tiny-lm-a" / "negatives.parquet"
+    original = path.read_bytes()
+    try:
+        negatives.head(100).write_parquet(path)
+        stale = materialize(defs, "training_sets", "llm-tiny-lm-a-filtered", raise_on_error=False)
+        assert "the scores were computed for another version of llm-tiny-lm-a" in str(
+            stale.get_step_failure_events()[0].event_specific_data.error
+        )
+    finally:
+        path.write_bytes(original)
 
 
 def test_not_positive_check_blocks(env, tmp_path) -> None:

@@ -30,7 +30,7 @@ import polars as pl
 from hnr_assets.defs.checks import contract_spec, problems_result, quality_spec
 from hnr_assets.defs.partitions import generator_partitions, recipe_partitions, recipes
 from hnr_assets.defs.training.config import config_class, merge
-from hnr_assets.lib.errors import ConfigError, DataValidationError, HnrError
+from hnr_assets.lib.errors import ConfigError, DataValidationError
 from hnr_assets.lib.io import atomic_dir, file_sha256, frame_fingerprint
 from hnr_assets.lib.negatives import NEGATIVES_SCHEMA
 from hnr_assets.lib.progress import Progress
@@ -44,6 +44,7 @@ from hnr_assets.lib.training_sets import (
     validate_training_set,
 )
 from hnr_assets.profiles.schema import Profile
+from hnr_assets.resources.cross_encoder import CrossEncoderResource
 from hnr_assets.resources.mlflow import MlflowResource
 from hnr_assets.resources.storage import StorageResource
 
@@ -52,7 +53,6 @@ SCORES_FILE = "scores.parquet"
 TRAINING_SET_FILE = "training_set.parquet"
 SPLIT_FILE = "split.parquet"
 SAMPLE_ROWS = 3
-CE_CHUNK = 256  # pairs per cross-encoder call (progress granularity; the scorer batches inside)
 REQUIRED_TRAINING_KEYS = (
     "recipe",
     "mlflow_run_id",
@@ -62,10 +62,6 @@ REQUIRED_TRAINING_KEYS = (
     "best_validation_score",
     "base_model",
 )
-
-
-class CrossEncoderStageMissing(HnrError):
-    """The mining stage's cross-encoder (issue 3) is not part of this code location."""
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -117,17 +113,6 @@ def _generator_to_recipes(profile: Profile, *, filtered_only: bool) -> dict[str,
         for source in recipe.llm_sources:
             mapping[source.removeprefix("llm-")].add(recipe.key)
     return mapping
-
-
-def _load_cross_encoder(model_dir: Path):
-    try:
-        from hnr_assets.lib.cross_encoder import load_cross_encoder
-    except ImportError as exc:
-        raise CrossEncoderStageMissing(
-            "the cross-encoder stage is missing: hnr_assets/lib/cross_encoder.py (mining, issue 3) is not in "
-            "this code location, so LLM negatives cannot be scored and the `-filtered` recipes cannot be built"
-        ) from exc
-    return load_cross_encoder(model_dir)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -185,26 +170,35 @@ def ce_scores_asset(profile: Profile) -> dg.AssetsDefinition:
         check_specs=[contract_spec("llm_negatives_ce_scores", description="One probability in [0, 1] per negative.")],
         description=(
             "Cross-encoder probability of each LLM-written negative and of its pair's positive (partition = "
-            "generator), for the `-filtered` recipes: the positive-aware rule of the cross-encoder miner "
-            "(lib/ce_filter.py) drops negatives that score as likely positives."
+            "generator), scored by the mining stage's cross-encoder (cross_encoder/), for the `-filtered` "
+            "recipes: the positive-aware rule of the cross-encoder miner (lib/ce_filter.py) drops negatives "
+            "that score as likely positives."
         ),
     )
-    def llm_negatives_ce_scores(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    def llm_negatives_ce_scores(
+        context: dg.AssetExecutionContext, storage: StorageResource, cross_encoder_runtime: CrossEncoderResource
+    ) -> dg.MaterializeResult:
         generator = context.partition_key
         source = llm_source(generator)
         where = f"llm_negatives_ce_scores[{generator}]"
+        negatives_sha256 = (
+            file_sha256(negatives_path(storage, source)) if negatives_path(storage, source).is_file() else ""
+        )
         negatives = read_negatives(storage, source, where)
-        scorer = _load_cross_encoder(storage.asset_dir("cross_encoder"))
+        model_dir = storage.asset_dir("cross_encoder")
+        if not model_dir.is_dir():
+            raise DataValidationError(model_dir, f"{where}: the cross-encoder is missing; materialize cross_encoder")
+        scorer = cross_encoder_runtime.load(model_dir)
         started = time.perf_counter()
         positives = negatives.unique(["query_id", "positive_id"], keep="first", maintain_order=True)
         queries = negatives["query"].to_list() + positives["query"].to_list()
         passages = negatives["negative"].to_list() + positives["positive"].to_list()
+        context.log.info(
+            f"{where}: scoring {negatives.height} negatives and {positives.height} positives with "
+            f"{scorer.runtime} at {scorer.max_length} tokens"
+        )
         progress = Progress(where, len(queries), context.log.info, unit="pairs")
-        scores: list[float] = []
-        for start in range(0, len(queries), CE_CHUNK):
-            chunk = scorer.score(queries[start : start + CE_CHUNK], passages[start : start + CE_CHUNK])
-            scores.extend(float(s) for s in chunk)
-            progress.update(len(chunk))
+        scores = [float(s) for s in scorer.score(queries, passages, progress.update)]
         negative_scores = scores[: negatives.height]
         positive_scores = positives.select("query_id", "positive_id").with_columns(
             pl.Series("positive_score", scores[negatives.height :], dtype=pl.Float64)
@@ -218,8 +212,7 @@ def ce_scores_asset(profile: Profile) -> dg.AssetsDefinition:
         target = storage.asset_dir("llm_negatives_ce_scores", generator)
         with atomic_dir(target) as tmp:
             frame.write_parquet(tmp / SCORES_FILE, compression="zstd")
-            manifest = {"negatives": str(negatives_path(storage, source))}
-            manifest["negatives_sha256"] = file_sha256(negatives_path(storage, source))
+            manifest = {"negatives": str(negatives_path(storage, source)), "negatives_sha256": negatives_sha256}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         bad = frame.filter(
             pl.any_horizontal(
@@ -234,6 +227,12 @@ def ce_scores_asset(profile: Profile) -> dg.AssetsDefinition:
                 "mean_positive_score": round(float(positive_scores["positive_score"].mean() or 0.0), 4),
                 "seconds": round(time.perf_counter() - started, 2),
                 "path": dg.MetadataValue.path(str(target / SCORES_FILE)),
+                "likeliest_false_negatives": _md_sample(
+                    negatives.join(frame, on=["query_id", "positive_id", "negative_rank"])
+                    .with_columns((pl.col("negative_score") / pl.col("positive_score")).alias("ratio"))
+                    .sort("ratio", descending=True),
+                    ["query", "positive", "negative", "negative_score", "positive_score"],
+                ),
             },
             check_results=[problems_result("contract", [f"{bad} scores are null or outside [0, 1]"] if bad else [])],
         )
