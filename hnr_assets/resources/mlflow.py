@@ -124,6 +124,27 @@ class MlflowResource(dg.ConfigurableResource):
             raise
         self.call("mark the run FINISHED", lambda: client.set_terminated(tracked.run_id, "FINISHED"))
 
+    def open_run(self, run_id: str) -> TrackedRun:
+        """An existing run (e.g. an encoder's training run), to log more to it; its status is unchanged.
+
+        Raises:
+            TrackingError: The run does not exist in this tracking store (or the store is unreachable).
+        """
+        client = self.client()
+        found = self.call(f"find run {run_id}", lambda: client.get_run(run_id))
+        return TrackedRun(self, client, found.info.run_id, found.info.experiment_id)
+
+    def find_run(self, tags: dict[str, str]) -> str | None:
+        """Id of the oldest run of the profile's experiment that carries all `tags`, or None."""
+        client = self.client()
+        experiment_id = self.experiment_id()
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        found = self.call(
+            "search runs",
+            lambda: client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"]),
+        )
+        return found[0].info.run_id if found else None
+
 
 class TrackedRun:
     """An open MLflow run, logged through the resource's retrying client."""
