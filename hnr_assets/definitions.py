@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from hnr_assets.defs import datasets
+from hnr_assets.defs import datasets, evaluation
 from hnr_assets.profiles import Profile, load_profile
 from hnr_assets.resources.datasets import DatasetSourcesResource
 from hnr_assets.resources.mlflow import MlflowResource
@@ -17,7 +17,7 @@ from hnr_assets.resources.storage import StorageResource
 from hnr_assets.settings import Settings
 
 # Each stage package exposes build_defs(profile) -> dg.Definitions.
-STAGES = (datasets,)
+STAGES = (datasets, evaluation)
 
 
 def build_resources(settings: Settings, profile: Profile) -> dict[str, object]:
