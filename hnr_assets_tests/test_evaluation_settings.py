@@ -44,11 +44,8 @@ def test_builtin_profiles_set_every_evaluation_key_explicitly() -> None:
         ):
             assert f"{key}:" in section, (name, key)
     local = load_profile(BUILTIN_PROFILES_DIR / "local.yaml")
-    assert [(r.system, r.dataset, r.value) for r in local.evaluation.references][0] == (
-        "bm25-retrieval",
-        "scifact",
-        0.6789,
-    )
+    first = local.evaluation.references[0]
+    assert (first.system, first.dataset, first.value) == ("bm25-retrieval", "scifact", 0.6789)
 
 
 def test_defaults_and_unknown_keys(tmp_path: Path) -> None:

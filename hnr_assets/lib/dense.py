@@ -6,10 +6,10 @@ Texts are encoded longest first in batches of similar token length (little paddi
 similarity the encoders are trained with. Search is exact: a blocked matrix product of queries and
 documents with a running top-k, like BEIR's `DenseRetrievalExactSearch`.
 
-Corpus embeddings are cached on disk, keyed by the content hash of the model files, the content hash
-of the encoded passages, the dataset name, the maximum length and the precision, so scoring the same
-encoder on the same corpus again never re-encodes, and a changed model or corpus never reuses a stale
-matrix.
+Corpus and query embeddings are cached on disk, keyed by the content hash of the model files, the
+content hash of the encoded (id, text) pairs, the dataset name, the maximum length and the precision,
+so scoring the same encoder on the same dataset again never re-encodes (nor even builds the network),
+and a changed model or corpus never reuses a stale matrix.
 
 References:
     Reimers and Gurevych, Sentence-BERT, EMNLP 2019 (sentence-transformers `SentenceTransformer.encode`);
@@ -148,29 +148,35 @@ def model_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_encoder(model_dir: Path, options: EncodeOptions) -> Encoder:
+def resolve_options(options: EncodeOptions) -> EncodeOptions:
+    """The options with `auto` device and precision resolved for this machine."""
+    device = resolve_device(options.device)
+    return EncodeOptions(options.max_length, options.batch_size, resolve_precision(options.precision, device), device)
+
+
+def load_encoder(model_dir: Path, options: EncodeOptions, fingerprint: str | None = None) -> Encoder:
     """Load a sentence-transformers folder for encoding.
 
     Args:
         model_dir: A folder `SentenceTransformer(path)` loads (no network is used).
         options: Encoding options; `auto` device and precision are resolved here.
+        fingerprint: `model_fingerprint(model_dir)` when already known.
 
     Returns:
         The loaded `Encoder`.
     """
     model_dir = Path(model_dir)
-    fingerprint = model_fingerprint(model_dir)
+    fingerprint = fingerprint or model_fingerprint(model_dir)
     from sentence_transformers import SentenceTransformer
 
-    device = resolve_device(options.device)
-    precision = resolve_precision(options.precision, device)
+    resolved = resolve_options(options)
+    device = resolved.device
     try:
         model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise DataValidationError(model_dir, f"cannot load a sentence-transformers model: {exc}") from exc
     model.max_seq_length = options.max_length
     model.eval()
-    resolved = EncodeOptions(options.max_length, options.batch_size, precision, device)
     return Encoder(model=model, model_dir=model_dir, fingerprint=fingerprint, options=resolved)
 
 
@@ -349,19 +355,21 @@ def passages_fingerprint(doc_ids: Sequence[str], passages: Sequence[str]) -> str
 
 @dataclass(frozen=True)
 class CacheKey:
-    """What a cached corpus matrix depends on.
+    """What a cached embedding matrix depends on.
 
     Attributes:
         model: `model_fingerprint` of the encoder folder.
-        dataset: Dataset name (for humans; the corpus hash decides).
-        corpus: `passages_fingerprint` of the encoded passages.
+        dataset: Dataset name (for humans; the content hash decides).
+        kind: `corpus` or `queries`.
+        content: `passages_fingerprint` of the encoded (id, text) pairs.
         max_length: Token limit.
         precision: Resolved precision (`fp32`, `bf16`, `fp16`).
     """
 
     model: str
     dataset: str
-    corpus: str
+    kind: str
+    content: str
     max_length: int
     precision: str
 
@@ -372,11 +380,11 @@ class CacheKey:
 
     @property
     def folder_name(self) -> str:
-        return f"{check_safe_name(self.dataset, 'dataset name')}-{self.digest}"
+        return f"{check_safe_name(self.dataset, 'dataset name')}-{check_safe_name(self.kind, 'kind')}-{self.digest}"
 
 
 class EmbeddingCache:
-    """Corpus embeddings on disk: `<root>/<dataset>-<digest>/{embeddings.npy, doc_ids.parquet, meta.json}`.
+    """Embeddings on disk: `<root>/<dataset>-<kind>-<digest>/{embeddings.npy, doc_ids.parquet, meta.json}`.
 
     Entries are written atomically (a reader sees a whole entry or none) and checked on read: an entry
     whose shape or ids do not match is ignored and rewritten, never used.
@@ -417,13 +425,13 @@ class EmbeddingCache:
 
 
 @dataclass
-class CorpusEmbeddings:
-    """Corpus embeddings with where they came from.
+class Embeddings:
+    """Embeddings of some texts, with where they came from.
 
     Attributes:
-        matrix: `(n_docs, dim)` float32, normalised.
+        matrix: `(n, dim)` float32, normalised.
         cache_hit: Read from the cache rather than encoded.
-        seconds: Time spent encoding (0 on a cache hit) or loading.
+        seconds: Time spent encoding, or reading the cache on a hit.
         key: The cache key.
     """
 
@@ -433,49 +441,86 @@ class CorpusEmbeddings:
     key: CacheKey
 
 
-def corpus_embeddings(
-    encoder: Encoder,
-    dataset: str,
-    doc_ids: Sequence[str],
-    passages: Sequence[str],
-    cache: EmbeddingCache | None,
-    progress: Callable[[int], None] | None = None,
-) -> CorpusEmbeddings:
-    """Embeddings of a corpus, from the cache when it has them, else encoded (and cached).
+class EmbeddingSource:
+    """Embeddings of one model: from the cache when it has them, else encoded (and cached).
+
+    The model is loaded only when something has to be encoded, so a fully cached re-evaluation
+    reads the model files (for their hash) but never builds the network.
 
     Args:
-        encoder: The loaded encoder.
-        dataset: Dataset name (part of the cache key).
-        doc_ids: Document ids, in row order.
-        passages: Passage texts (`title + " " + text`), in row order.
+        model_dir: A sentence-transformers folder.
+        options: Encoding options (`auto` values are resolved here).
         cache: Where to look and store; None to always encode.
-        progress: Called with the number of passages finished.
     """
-    key = CacheKey(
-        model=encoder.fingerprint,
-        dataset=dataset,
-        corpus=passages_fingerprint(doc_ids, passages),
-        max_length=encoder.options.max_length,
-        precision=encoder.options.precision,
-    )
-    started = time.perf_counter()
-    if cache is not None:
-        cached = cache.load(key, doc_ids)
-        if cached is not None:
-            return CorpusEmbeddings(cached, True, time.perf_counter() - started, key)
-    matrix = encode(encoder, passages, progress)
-    seconds = time.perf_counter() - started
-    if cache is not None:
-        cache.store(
-            key,
-            doc_ids,
-            matrix,
-            {
-                "model_dir": str(encoder.model_dir),
-                "device": encoder.options.device,
-                "batch_size": encoder.options.batch_size,
-                "encode_seconds": round(seconds, 3),
-                "passages_per_second": round(len(passages) / seconds, 2) if seconds > 0 else None,
-            },
+
+    def __init__(self, model_dir: Path, options: EncodeOptions, cache: EmbeddingCache | None) -> None:
+        self.model_dir = Path(model_dir)
+        self.fingerprint = model_fingerprint(self.model_dir)
+        self.options = resolve_options(options)
+        self.cache = cache
+        self._encoder: Encoder | None = None
+        self.load_seconds = 0.0
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            started = time.perf_counter()
+            self._encoder = load_encoder(self.model_dir, self.options, self.fingerprint)
+            self.load_seconds = time.perf_counter() - started
+        return self._encoder
+
+    @property
+    def loaded(self) -> bool:
+        return self._encoder is not None
+
+    def key(self, dataset: str, kind: str, ids: Sequence[str], texts: Sequence[str]) -> CacheKey:
+        return CacheKey(
+            model=self.fingerprint,
+            dataset=dataset,
+            kind=kind,
+            content=passages_fingerprint(ids, texts),
+            max_length=self.options.max_length,
+            precision=self.options.precision,
         )
-    return CorpusEmbeddings(matrix, False, seconds, key)
+
+    def embed(
+        self,
+        dataset: str,
+        kind: str,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+    ) -> Embeddings:
+        """Embeddings of `texts` (rows in the order of `ids`).
+
+        Args:
+            dataset: Dataset name (part of the cache key).
+            kind: `corpus` or `queries` (part of the cache key).
+            ids: Ids of the texts, in row order.
+            texts: The texts (passages are `title + " " + text`).
+            progress: Called with the number of texts finished while encoding.
+        """
+        key = self.key(dataset, kind, ids, texts)
+        started = time.perf_counter()
+        if self.cache is not None:
+            cached = self.cache.load(key, ids)
+            if cached is not None:
+                return Embeddings(cached, True, time.perf_counter() - started, key)
+        encoder = self.encoder
+        started = time.perf_counter()
+        matrix = encode(encoder, texts, progress)
+        seconds = time.perf_counter() - started
+        if self.cache is not None:
+            self.cache.store(
+                key,
+                ids,
+                matrix,
+                {
+                    "model_dir": str(self.model_dir),
+                    "device": self.options.device,
+                    "batch_size": self.options.batch_size,
+                    "encode_seconds": round(seconds, 3),
+                    "texts_per_second": round(len(texts) / seconds, 2) if seconds > 0 else None,
+                },
+            )
+        return Embeddings(matrix, False, seconds, key)

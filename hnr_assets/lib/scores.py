@@ -20,11 +20,13 @@ from typing import Any
 
 import polars as pl
 
+from hnr_assets.lib import dense
 from hnr_assets.lib.beir import load_qrels
 from hnr_assets.lib.errors import DataValidationError
 from hnr_assets.lib.io import atomic_dir
 from hnr_assets.lib.metrics import DEFAULT_METRICS, evaluate_run
 from hnr_assets.lib.pairs import passage_expr
+from hnr_assets.lib.progress import Progress
 
 METRICS = DEFAULT_METRICS
 PRIMARY_METRIC = "ndcg@10"
@@ -165,12 +167,9 @@ def metrics_out_of_range(per_query: pl.DataFrame, metrics: Mapping[str, Any]) ->
     return problems
 
 
-# -------------------------------------------------------------------------------- dense evaluation
-
-
 @dataclass
-class DenseEvaluation:
-    """The outcome of evaluating one encoder on one dataset.
+class Evaluation:
+    """The outcome of evaluating one system on one dataset.
 
     Attributes:
         run: Top-k hits per judged query.
@@ -185,6 +184,31 @@ class DenseEvaluation:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+def rescore_folder(source: Path, qrels: Mapping[str, Mapping[str, int]], top_k: int) -> Evaluation:
+    """Re-score a stored run (e.g. `bm25_scores/<dataset>/`) with this module's metric code.
+
+    The run is kept as it is; `stats["source_metrics_max_abs_diff"]` is the largest difference between
+    the source's own `metrics.json` and the re-score (0 when both stages agree).
+    """
+    source = Path(source)
+    run = read_run(source / "run.parquet")
+    per_query, means = score_run(run, qrels)
+    theirs = read_metrics(source)
+    gap = max(abs(float(theirs[m]) - means[m]) for m in METRICS)
+    metrics = {
+        **means,
+        "queries": per_query.height,
+        "queries_with_hits": run["query_id"].n_unique(),
+        "run_rows": run.height,
+        "top_k": top_k,
+        "source": str(source),
+    }
+    return Evaluation(run, per_query, metrics, {"source_metrics_max_abs_diff": round(gap, 6)})
+
+
+# -------------------------------------------------------------------------------- dense evaluation
+
+
 def load_passages(corpus_path: Path) -> tuple[list[str], list[str]]:
     """Doc ids and passage texts (`title + " " + text`) of a stored corpus, in file order."""
     corpus = pl.read_parquet(corpus_path, columns=["doc_id", "title", "text"])
@@ -196,13 +220,13 @@ def evaluate_dense(
     model_dir: Path,
     dataset_dir: Path,
     dataset: str,
-    options,
+    options: dense.EncodeOptions,
     *,
     top_k: int = 1000,
-    cache=None,
+    cache: dense.EmbeddingCache | None = None,
     log: Callable[[str], None] | None = None,
     progress_every_seconds: float = 30.0,
-) -> DenseEvaluation:
+) -> Evaluation:
     """Encode a stored dataset with a sentence-transformers encoder, search exactly, score.
 
     Args:
@@ -211,16 +235,13 @@ def evaluate_dense(
         dataset: Dataset name (cache key, messages).
         options: `lib.dense.EncodeOptions`.
         top_k: Hits kept per query.
-        cache: `lib.dense.EmbeddingCache` for the corpus matrix, or None.
+        cache: `lib.dense.EmbeddingCache` for the corpus and query matrices, or None.
         log: Where progress messages go.
         progress_every_seconds: Minimum time between two progress messages.
 
     Returns:
         The run, per-query metrics, means with counts, and timings.
     """
-    from hnr_assets.lib import dense
-    from hnr_assets.lib.progress import Progress
-
     log = log or (lambda _msg: None)
     started = time.perf_counter()
     dataset_dir = Path(dataset_dir)
@@ -229,24 +250,22 @@ def evaluate_dense(
     queries = queries.filter(pl.col("query_id").is_in(list(qrels)))
     doc_ids, passages = load_passages(dataset_dir / "corpus.parquet")
 
-    encoder = dense.load_encoder(model_dir, options)
-    load_seconds = time.perf_counter() - started
+    source = dense.EmbeddingSource(model_dir, options, cache)
+    opts = source.options
     log(
-        f"{dataset}: {len(passages)} passages, {queries.height} judged queries; model {encoder.fingerprint} "
-        f"on {encoder.options.device} ({encoder.options.precision}, max {encoder.options.max_length} tokens)"
+        f"{dataset}: {len(passages)} passages, {queries.height} judged queries; model {source.fingerprint} "
+        f"on {opts.device} ({opts.precision}, max {opts.max_length} tokens)"
     )
-    t0 = time.perf_counter()
-    query_emb = dense.encode(encoder, queries["text"].to_list())
-    query_seconds = time.perf_counter() - t0
-
+    query_ids = queries["query_id"].to_list()
+    query_emb = source.embed(dataset, "queries", query_ids, queries["text"].to_list())
     progress = Progress(f"{dataset}: encoding corpus", len(passages), log, "passages", progress_every_seconds)
-    corpus = dense.corpus_embeddings(encoder, dataset, doc_ids, passages, cache, progress.update)
+    corpus = source.embed(dataset, "corpus", doc_ids, passages, progress.update)
     log(
         f"{dataset}: corpus embeddings "
         + ("read from the cache" if corpus.cache_hit else f"encoded in {corpus.seconds:.1f} s")
     )
     t0 = time.perf_counter()
-    run = dense.exact_search(query_emb, corpus.matrix, queries["query_id"].to_list(), doc_ids, top_k)
+    run = dense.exact_search(query_emb.matrix, corpus.matrix, query_ids, doc_ids, top_k)
     search_seconds = time.perf_counter() - t0
     per_query, means = score_run(run, qrels)
     total = time.perf_counter() - started
@@ -259,15 +278,17 @@ def evaluate_dense(
         "top_k": top_k,
     }
     stats = {
-        "model_fingerprint": encoder.fingerprint,
+        "model_fingerprint": source.fingerprint,
         "cache_key": corpus.key.digest,
         "cache_hit": corpus.cache_hit,
-        "device": encoder.options.device,
-        "precision": encoder.options.precision,
-        "max_length": encoder.options.max_length,
-        "batch_size": encoder.options.batch_size,
-        "load_seconds": round(load_seconds, 2),
-        "query_encode_seconds": round(query_seconds, 2),
+        "query_cache_hit": query_emb.cache_hit,
+        "model_loaded": source.loaded,
+        "device": opts.device,
+        "precision": opts.precision,
+        "max_length": opts.max_length,
+        "batch_size": opts.batch_size,
+        "load_seconds": round(source.load_seconds, 2),
+        "query_encode_seconds": round(query_emb.seconds, 2),
         "corpus_seconds": round(corpus.seconds, 2),
         "corpus_passages_per_second": (
             round(len(passages) / corpus.seconds, 1) if not corpus.cache_hit and corpus.seconds > 0 else None
@@ -275,4 +296,4 @@ def evaluate_dense(
         "search_seconds": round(search_seconds, 2),
         "total_seconds": round(total, 2),
     }
-    return DenseEvaluation(run=run, per_query=per_query, metrics=metrics, stats=stats)
+    return Evaluation(run=run, per_query=per_query, metrics=metrics, stats=stats)

@@ -139,7 +139,7 @@ def test_full_grid_results_mlflow_and_cache(tmp_path: Path, tiny_mirror: Path, m
     assert run["query_id"].n_unique() == 8 and run.height == 8 * 48
     # identical model content (ce and llm-g+bm25 are copies of seed 2's model) -> one cache entry
     cache = sorted(p.name for p in (settings.data_dir / "cache" / "embeddings").iterdir())
-    assert len(cache) == 3 * 2  # 3 distinct models × 2 datasets
+    assert len(cache) == 3 * 2 * 2  # 3 distinct models × 2 datasets × (corpus, queries)
 
     results_dir = root / "results"
     table = pl.read_parquet(results_dir / "results.parquet")
@@ -199,7 +199,8 @@ def test_full_grid_results_mlflow_and_cache(tmp_path: Path, tiny_mirror: Path, m
     # re-scoring reads the cached corpus embeddings and gives the same run
     before = (root / "scores" / "llm-g" / "tiny-a" / "run.parquet").read_bytes()
     again = _materialize(defs, "scores", "tiny-a|llm-g", instance)
-    assert _metadata(again, "scores")["cache_hit"] is True
+    meta = _metadata(again, "scores")
+    assert meta["cache_hit"] is True and meta["query_cache_hit"] is True and meta["model_loaded"] is False
     assert pl.read_parquet(root / "scores" / "llm-g" / "tiny-a" / "run.parquet").equals(
         pl.read_parquet(io_bytes(before))
     )

@@ -78,7 +78,14 @@ def test_options_are_validated() -> None:
 
 
 def _key(**changes) -> dense.CacheKey:
-    base = {"model": "m1", "dataset": "scifact", "corpus": "c1", "max_length": 256, "precision": "bf16"}
+    base = {
+        "model": "m1",
+        "dataset": "scifact",
+        "kind": "corpus",
+        "content": "c1",
+        "max_length": 256,
+        "precision": "bf16",
+    }
     return dense.CacheKey(**{**base, **changes})
 
 
@@ -88,10 +95,10 @@ def test_cache_round_trip_and_key_sensitivity(tmp_path: Path) -> None:
     ids = ["a", "b", "c", "d"]
     assert cache.load(_key(), ids) is None
     folder = cache.store(_key(), ids, matrix, {"encode_seconds": 1.0})
-    assert folder.name.startswith("scifact-")
+    assert folder.name.startswith("scifact-corpus-")
     assert np.array_equal(cache.load(_key(), ids), matrix)
     # anything the embeddings depend on changes the key; different ids never reuse an entry
-    for change in ({"model": "m2"}, {"corpus": "c2"}, {"max_length": 128}, {"precision": "fp32"}):
+    for change in ({"model": "m2"}, {"content": "c2"}, {"kind": "queries"}, {"max_length": 128}, {"precision": "fp32"}):
         assert _key(**change).digest != _key().digest
         assert cache.load(_key(**change), ids) is None
     assert cache.load(_key(), ["a", "b", "c", "x"]) is None
@@ -141,19 +148,23 @@ def test_encode_is_normalised_and_independent_of_order_and_batching(tiny_encoder
     assert dense.encode(enc, []).shape[0] == 0
 
 
-def test_corpus_embeddings_are_cached(tiny_encoder_dir: Path, tmp_path: Path) -> None:
-    enc = dense.load_encoder(tiny_encoder_dir, dense.EncodeOptions(max_length=64, batch_size=4, precision="fp32"))
-    ids, texts = ["a", "b", "c"], ["vaccine dose", "heart artery", "gene"]
+def test_embeddings_are_cached_and_the_model_is_loaded_only_to_encode(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    options = dense.EncodeOptions(max_length=64, batch_size=4, precision="fp32")
     cache = dense.EmbeddingCache(tmp_path / "cache")
+    ids, texts = ["a", "b", "c"], ["vaccine dose", "heart artery", "gene"]
     seen: list[int] = []
-    first = dense.corpus_embeddings(enc, "tiny", ids, texts, cache, seen.append)
-    assert not first.cache_hit and sum(seen) == 3
+    first_source = dense.EmbeddingSource(tiny_encoder_dir, options, cache)
+    first = first_source.embed("tiny", "corpus", ids, texts, seen.append)
+    assert not first.cache_hit and sum(seen) == 3 and first_source.loaded
     seen.clear()
-    second = dense.corpus_embeddings(enc, "tiny", ids, texts, cache, seen.append)
-    assert second.cache_hit and seen == []  # nothing encoded
+    source = dense.EmbeddingSource(tiny_encoder_dir, options, cache)
+    second = source.embed("tiny", "corpus", ids, texts, seen.append)
+    assert second.cache_hit and seen == [] and not source.loaded  # nothing encoded, network never built
     assert np.array_equal(first.matrix, second.matrix)
-    changed = dense.corpus_embeddings(enc, "tiny", ids, ["vaccine dose", "heart artery", "genome"], cache)
-    assert not changed.cache_hit
+    assert not source.embed("tiny", "queries", ids, texts).cache_hit  # queries are their own entry
+    assert not source.embed("tiny", "corpus", ids, ["vaccine dose", "heart artery", "genome"]).cache_hit
+    uncached = dense.EmbeddingSource(tiny_encoder_dir, options, None).embed("tiny", "corpus", ids, texts)
+    assert not uncached.cache_hit and np.allclose(uncached.matrix, first.matrix, atol=1e-6)
 
 
 def test_bf16_autocast_stays_close_to_fp32(tiny_encoder_dir: Path) -> None:

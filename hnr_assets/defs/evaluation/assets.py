@@ -25,14 +25,28 @@ import polars as pl
 
 from hnr_assets.defs.checks import contract_spec, problems_result, quality_spec
 from hnr_assets.defs.partitions import recipes, system_dataset_partitions, system_keys
+from hnr_assets.lib.beir import load_qrels
+from hnr_assets.lib.dense import EmbeddingCache, EncodeOptions
 from hnr_assets.lib.errors import DataValidationError, HnrError
 from hnr_assets.lib.report import md_table
+from hnr_assets.lib.scores import (
+    METRICS,
+    evaluate_dense,
+    metrics_out_of_range,
+    read_metrics,
+    read_per_query,
+    read_run,
+    rescore_folder,
+    validate_run,
+    write_scores,
+)
 from hnr_assets.profiles.schema import Profile
-from hnr_assets.resources.mlflow import MlflowResource
+from hnr_assets.resources.mlflow import MlflowResource, TrackedRun
 from hnr_assets.resources.storage import StorageResource
 
 SAMPLE_QUERIES = 3
 SAMPLE_HITS = 3
+TRAINING_KEYS = ("registered_model", "model_version", "best_step", "base_model")
 
 
 def _mlflow_name(text: str) -> str:
@@ -113,20 +127,6 @@ def build_defs(profile: Profile) -> dg.Definitions:
     def scores(
         context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        from hnr_assets.lib import dense
-        from hnr_assets.lib.beir import load_qrels
-        from hnr_assets.lib.scores import (
-            METRICS,
-            evaluate_dense,
-            metrics_out_of_range,
-            read_metrics,
-            read_per_query,
-            read_run,
-            score_run,
-            validate_run,
-            write_scores,
-        )
-
         keys = context.partition_key.keys_by_dimension
         system, dataset = keys["system"], keys["dataset"]
         started = time.perf_counter()
@@ -137,21 +137,11 @@ def build_defs(profile: Profile) -> dg.Definitions:
 
         if system == "bm25-retrieval":
             source = storage.asset_dir("bm25_scores", dataset)
-            run = read_run(_require(source / "run.parquet", f"`bm25_scores` [{dataset}]"))
-            per_query, means = score_run(run, qrels)
-            theirs = read_metrics(source)
-            gap = max(abs(float(theirs[m]) - means[m]) for m in METRICS)
-            extra["bm25_scores_metrics_max_abs_diff"] = round(gap, 6)
+            _require(source / "run.parquet", f"`bm25_scores` [{dataset}]")
+            outcome = rescore_folder(source, qrels, settings.top_k)
+            gap = outcome.stats["source_metrics_max_abs_diff"]
             if gap > 1e-6:
-                context.log.warning(f"bm25_scores/{dataset}/metrics.json differs from a re-score by up to {gap:.6f}")
-            metrics = {
-                **means,
-                "queries": per_query.height,
-                "queries_with_hits": run["query_id"].n_unique(),
-                "run_rows": run.height,
-                "top_k": settings.top_k,
-                "source": str(source),
-            }
+                context.log.warning(f"{source}/metrics.json differs from our re-score by up to {gap}")
             extra["source"] = dg.MetadataValue.path(str(source))
         else:
             if system == "base-encoder":
@@ -160,56 +150,21 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 encoder_dir = storage.asset_dir("encoders", system)
                 training = _read_training_json(encoder_dir / "training.json")
                 model_dir = _require(encoder_dir / "model", f"`encoders` [{system}]")
-            options = dense.EncodeOptions(
-                max_length=settings.max_length,
-                batch_size=settings.batch_size,
-                precision=settings.precision,
-                device=settings.device,
-            )
-            cache = (
-                dense.EmbeddingCache(storage.shared_dir("cache", "embeddings")) if settings.cache_embeddings else None
-            )
-            evaluation = evaluate_dense(
+                extra.update({f"encoder_{k}": str(training[k]) for k in TRAINING_KEYS if training.get(k) is not None})
+            options = EncodeOptions(settings.max_length, settings.batch_size, settings.precision, settings.device)
+            cache = EmbeddingCache(storage.shared_dir("cache", "embeddings")) if settings.cache_embeddings else None
+            outcome = evaluate_dense(
                 model_dir, dataset_dir, dataset, options, top_k=settings.top_k, cache=cache, log=context.log.info
             )
-            run, per_query, metrics = evaluation.run, evaluation.per_query, evaluation.metrics
-            metrics = {**metrics, "model_dir": str(model_dir), **evaluation.stats}
-            extra.update({k: v for k, v in evaluation.stats.items() if v is not None})
+            outcome.metrics.update({"model_dir": str(model_dir), **outcome.stats})
             extra["model"] = dg.MetadataValue.path(str(model_dir))
-            if training is not None:
-                for key in ("registered_model", "model_version", "best_step", "base_model"):
-                    if training.get(key) is not None:
-                        extra[f"encoder_{key}"] = str(training[key])
+        extra.update({k: v for k, v in outcome.stats.items() if v is not None})
+        run, per_query, metrics = outcome.run, outcome.per_query, outcome.metrics
 
         target = storage.asset_dir("scores", system, dataset)
         write_scores(target, run, per_query, metrics)
-
-        # Checks on the files just written, read back.
-        stored_run = read_run(target / "run.parquet")
-        stored_pq = read_per_query(target)
-        stored_metrics = read_metrics(target)
-        contract = validate_run(stored_run, settings.top_k, judged=set(qrels))
-        missing_q = set(qrels) - set(stored_pq["query_id"].to_list())
-        if missing_q or stored_pq.height != len(qrels):
-            contract.append(f"per_query.parquet has {stored_pq.height} rows for {len(qrels)} judged queries")
-        in_range = metrics_out_of_range(stored_pq, stored_metrics)
-
-        # MLflow: the encoder's own run for recipes; one run per baseline system otherwise.
-        eval_metrics = {f"eval/{_mlflow_name(dataset)}/{_mlflow_name(m)}": float(metrics[m]) for m in METRICS}
-        eval_metrics[f"eval/{_mlflow_name(dataset)}/queries"] = float(per_query.height)
-        if training is not None:
-            tracked = mlflow.open_run(str(training["mlflow_run_id"]))
-            _log_scores(tracked, eval_metrics, target, dataset)
-        else:
-            tags = {"hnr/system": system, "hnr/role": "baseline-evaluation", "hnr/profile": profile.name}
-            found = mlflow.find_run(tags)
-            if found:
-                tracked = mlflow.open_run(found)
-                _log_scores(tracked, eval_metrics, target, dataset)
-            else:
-                with mlflow.run(f"baseline:{system}", tags=tags) as tracked:
-                    tracked.log_params({"system": system, "top_k": settings.top_k, "max_length": settings.max_length})
-                    _log_scores(tracked, eval_metrics, target, dataset)
+        contract, in_range = _check_stored(target, qrels, settings.top_k)
+        tracked = _log_to_mlflow(mlflow, profile.name, system, dataset, training, target)
 
         return dg.MaterializeResult(
             metadata={
@@ -355,10 +310,42 @@ def build_defs(profile: Profile) -> dg.Definitions:
     return dg.Definitions(assets=[scores, results])
 
 
-def _log_scores(tracked, metrics: dict[str, float], folder: Path, dataset: str) -> None:
-    tracked.log_metrics(metrics)
-    for name in ("metrics.json", "per_query.parquet"):
-        tracked.log_artifact(folder / name, f"eval/{dataset}")
+def _check_stored(target: Path, qrels: dict, top_k: int) -> tuple[list[str], list[str]]:
+    """Problems of the score folder just written, read back: (contract, metrics_in_range)."""
+    stored_pq = read_per_query(target)
+    contract = validate_run(read_run(target / "run.parquet"), top_k, judged=set(qrels))
+    if set(qrels) != set(stored_pq["query_id"].to_list()) or stored_pq.height != len(qrels):
+        contract.append(f"per_query.parquet has {stored_pq.height} rows for {len(qrels)} judged queries")
+    return contract, metrics_out_of_range(stored_pq, read_metrics(target))
+
+
+def _log_to_mlflow(
+    mlflow: MlflowResource, profile: str, system: str, dataset: str, training: dict | None, folder: Path
+) -> TrackedRun:
+    """Log a score folder to the encoder's own run (recipes) or to the system's baseline run.
+
+    Metrics are named by dataset (`eval/<dataset>/ndcg_at_10`, ...), so one run shows an encoder on
+    every dataset; `metrics.json` and `per_query.parquet` go under the artifact folder `eval/<dataset>`.
+    """
+    metrics = read_metrics(folder)
+    values = {f"eval/{_mlflow_name(dataset)}/{_mlflow_name(m)}": float(metrics[m]) for m in METRICS}
+    values[f"eval/{_mlflow_name(dataset)}/queries"] = float(metrics["queries"])
+
+    def log(tracked: TrackedRun) -> TrackedRun:
+        tracked.log_metrics(values)
+        for name in ("metrics.json", "per_query.parquet"):
+            tracked.log_artifact(folder / name, f"eval/{dataset}")
+        return tracked
+
+    if training is not None:
+        return log(mlflow.open_run(str(training["mlflow_run_id"])))
+    tags = {"hnr/system": system, "hnr/role": "baseline-evaluation", "hnr/profile": profile}
+    found = mlflow.find_run(tags)
+    if found:
+        return log(mlflow.open_run(found))
+    with mlflow.run(f"baseline:{system}", tags=tags) as tracked:
+        tracked.log_params({"system": system})
+        return log(tracked)
 
 
 def _image_md(path: Path, alt: str) -> str:
