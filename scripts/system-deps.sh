@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Debian packages that the test suite drives, installed with apt-get only when missing (`make test` runs
+# this first; so does CI):
+#   chromium         the browser test (hnr_assets_tests/ops/test_browser.py), through Playwright;
+#   fonts-liberation text in its screenshots;
+#   docker-compose   1.29, validates docker/compose.yaml without a Docker engine (test_docker.py).
+# --no-install-recommends keeps docker-compose from pulling in the Docker engine (docker.io).
+set -euo pipefail
+
+missing=()
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+[[ -d /usr/share/fonts/truetype/liberation ]] || missing+=(fonts-liberation)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+
+if ((${#missing[@]} == 0)); then
+    exit 0
+fi
+
+if ((EUID == 0)); then
+    as_root=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    as_root=(sudo -n)
+else
+    echo "system-deps: missing Debian packages: ${missing[*]}; install them as root:" >&2
+    echo "  apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 1
+fi
+
+echo "system-deps: installing ${missing[*]} with apt-get" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" apt-get update -qq
+"${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
