@@ -406,7 +406,7 @@ class EmbeddingCache:
             stored_ids = pl.read_parquet(folder / "doc_ids.parquet")["doc_id"].to_list()
             if stored_ids != list(doc_ids):
                 return None
-            matrix = np.load(folder / "embeddings.npy", allow_pickle=False)
+            matrix = np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, KeyError, pl.exceptions.PolarsError):
             return None
         if matrix.ndim != 2 or matrix.shape[0] != len(doc_ids) or matrix.dtype != np.float32:

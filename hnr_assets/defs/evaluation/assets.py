@@ -230,14 +230,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
             systems,
             profile.dataset_names,
             lambda s, d: storage.asset_dir("scores", s, d),
-            lib_results.SignificanceSettings(
-                baseline=sig.baseline,
-                test=sig.test,
-                correction=sig.correction,
-                alpha=sig.alpha,
-                bootstrap_samples=sig.bootstrap_samples,
-                seed=sig.seed,
-            ),
+            lib_results.SignificanceSettings(**sig.model_dump()),
         )
         markdown = lib_results.markdown_table(table)
         note = lib_results.significance_note(table)
