@@ -84,9 +84,15 @@ query ($key: AssetKeyInput!, $partitions: [String!]) {
   }
 }"""
 # Names shown on asset nodes of the lineage graph (group boxes carry a tooltip too; they are not assets).
-GRAPH_ASSET_NAMES = """() => Array.from(document.querySelectorAll('svg foreignObject [data-tooltip]'))
-  .filter(e => e.closest('[class*="AssetNode"]'))
-  .map(e => e.getAttribute('data-tooltip'))"""
+# Full-size nodes carry the name in a data-tooltip; when the graph is zoomed out (more assets and
+# groups), the UI draws minimal nodes whose name is only the text of an `AssetNode_minimalName` div.
+GRAPH_ASSET_NAMES = """() => [
+  ...Array.from(document.querySelectorAll('svg foreignObject [data-tooltip]'))
+    .filter(e => e.closest('[class*="AssetNode"]'))
+    .map(e => e.getAttribute('data-tooltip')),
+  ...Array.from(document.querySelectorAll('svg foreignObject [class*="AssetNode_minimalName"]'))
+    .map(e => e.textContent.trim()),
+]"""
 
 
 @dataclass
