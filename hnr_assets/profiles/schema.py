@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from hnr_assets.lib.download import BEIR_MD5, beir_url
 from hnr_assets.lib.errors import ConfigError
 from hnr_assets.lib.io import check_safe_name
+from hnr_assets.lib.recipes import system_keys
 
 
 def _dataset_name(value: str) -> str:
@@ -107,6 +108,56 @@ class GeneratorSpec(StrictModel):
         default_factory=dict, description="Passed to the chat template, e.g. `enable_thinking: false` for Qwen3."
     )
     seed: int = Field(default=0, description="Base seed; retries use seed + attempt.")
+
+
+class ReferenceScore(StrictModel):
+    """A published score that a system of this profile should reproduce (a WARN check of `results`)."""
+
+    system: str = Field(description="System key: `bm25-retrieval`, `base-encoder` or a recipe key.")
+    dataset: DatasetName = Field(description="Evaluation dataset (one of the profile's).")
+    metric: Literal["ndcg@10", "recall@100", "mrr@10", "map@100"] = Field(
+        default="ndcg@10", description="Metric the value is for."
+    )
+    value: float = Field(ge=0.0, le=1.0, description="The published value.")
+    tolerance: float = Field(default=0.003, ge=0.0, description="Largest accepted absolute difference.")
+    source: str = Field(min_length=1, description="Where the value is published.")
+
+
+class SignificanceSettings(StrictModel):
+    """Paired significance of each system against a baseline system, per dataset, over queries."""
+
+    baseline: str = Field(default="bm25", description="System compared against (the study's BM25-negatives recipe).")
+    test: Literal["t-test", "bootstrap"] = Field(
+        default="t-test", description="Test whose p-value the table shows (both are computed and stored)."
+    )
+    correction: Literal["holm", "bonferroni", "none"] = Field(
+        default="holm", description="Multiple-comparison correction per dataset over the systems compared."
+    )
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="Level at which a difference is marked.")
+    bootstrap_samples: int = Field(default=10_000, ge=100, description="Resamples of the paired bootstrap test.")
+    seed: int = Field(default=0, description="Seed of the bootstrap.")
+
+
+class EvaluationSettings(StrictModel):
+    """Dense retrieval evaluation (`scores`, `results`)."""
+
+    top_k: int = Field(default=1000, gt=0, description="Hits kept per query in every run.")
+    max_length: int = Field(
+        default=256, gt=0, description="Token limit of queries and passages (SciFact loses 0.02 nDCG@10 at 128)."
+    )
+    batch_size: int = Field(default=32, gt=0, description="Texts per forward pass when encoding.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="Autocast precision; `auto` = bf16 where the CPU/GPU supports it natively, else fp32.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="`auto` = cuda when available.")
+    cache_embeddings: bool = Field(
+        default=True, description="Cache corpus embeddings per (model content, corpus content, max_length, precision)."
+    )
+    significance: SignificanceSettings = Field(default_factory=SignificanceSettings)
+    references: list[ReferenceScore] = Field(
+        default_factory=list, description="Published scores checked (WARN) against ours in `results`."
+    )
 
 
 class BM25Settings(StrictModel):
@@ -324,6 +375,7 @@ class Profile(StrictModel):
     generators: list[GeneratorSpec] = Field(
         default_factory=list, description="LLM generators: the `generator` partitions; recipes derive from them."
     )
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     bm25: BM25Settings = Field(default_factory=BM25Settings, description="BM25 engine and parameters.")
     cross_encoder: CrossEncoderSettings = Field(
         default_factory=CrossEncoderSettings, description="The cross-encoder model and its runtime."
@@ -343,6 +395,15 @@ class Profile(StrictModel):
         dups = sorted({k for k in keys if keys.count(k) > 1})
         if dups:
             raise ValueError(f"generator keys must be unique; repeated: {', '.join(dups)}")
+        systems = system_keys(keys)
+        named = [("evaluation.significance.baseline", self.evaluation.significance.baseline)]
+        named += [(f"evaluation.references.{i}.system", r.system) for i, r in enumerate(self.evaluation.references)]
+        for where, system in named:
+            if system not in systems:
+                raise ValueError(f"{where}: {system!r} is not a system of this profile ({', '.join(systems)})")
+        for i, ref in enumerate(self.evaluation.references):
+            if ref.dataset not in names:
+                raise ValueError(f"evaluation.references.{i}.dataset: {ref.dataset!r} is not a dataset of this profile")
         return self
 
     @property

@@ -211,6 +211,23 @@ class MlflowResource(dg.ConfigurableResource):
         base = f"{self.ui_url.rstrip('/')}/#/models/{name}"
         return f"{base}/versions/{version}" if version else base
 
+    # ------------------------------------------------------------------------------------ existing runs
+
+    def open_run(self, run_id: str) -> TrackedRun:
+        """An existing run (e.g. an encoder's training run), to log more to it; its status is unchanged.
+
+        Raises:
+            TrackingError: The run does not exist in this tracking store (or the store is unreachable).
+        """
+        client = self.client()
+        found = self.call(f"find run {run_id}", lambda: client.get_run(run_id))
+        return TrackedRun(self, client, found.info.run_id, found.info.experiment_id)
+
+    def find_run(self, tags: dict[str, str]) -> str | None:
+        """Id of the oldest run of the profile's experiment that carries all `tags` (any status), or None."""
+        runs = self.find_runs(tags, status=None)
+        return runs[-1].info.run_id if runs else None
+
 
 class TrackedRun:
     """An open MLflow run, logged through the resource's retrying client."""

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import dagster as dg
 import polars as pl
 import pytest
 import requests
@@ -256,10 +255,10 @@ def _artifact(name: str) -> Path:
 
 
 def test_asset_graph_shows_every_asset_of_the_definitions(stack: Stack, dagster_ui, backfill_id, page) -> None:
-    # The assets the definitions define; a dependency on a key no stage defines yet (e.g. a stage that
-    # has not landed) is not drawn.
-    defined = build_defs(stack.settings).assets or []
-    expected = {key.path[-1] for a in defined for key in (a.keys if isinstance(a, dg.AssetsDefinition) else [a.key])}
+    # Materializable assets only: a dependency on a key no stage defines yet (e.g. `scores` on `encoders`
+    # before the training stage lands) is a stub in the graph, which the UI does not draw as a node.
+    graph = build_defs(stack.settings).resolve_asset_graph()
+    expected = {key.path[-1] for key in graph.materializable_asset_keys}
     assert expected, "the definitions have no assets"
     page.goto(f"{dagster_ui.url}/asset-groups")
     page.locator("svg foreignObject").first.wait_for()
