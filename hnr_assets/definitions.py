@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from hnr_assets.defs import datasets, generation, mining
+from hnr_assets.defs import datasets, evaluation, generation, mining, training
 from hnr_assets.profiles import Profile, load_profile
 from hnr_assets.resources.bm25 import bm25_resource
 from hnr_assets.resources.cross_encoder import cross_encoder_resource
@@ -25,7 +25,7 @@ from hnr_assets.resources.storage import StorageResource
 from hnr_assets.settings import Settings
 
 # Each stage package exposes build_defs(profile) -> dg.Definitions.
-STAGES = (datasets, mining, generation)
+STAGES = (datasets, mining, generation, training, evaluation)
 
 
 def build_resources(settings: Settings, profile: Profile) -> dict[str, object]:

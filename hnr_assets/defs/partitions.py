@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from hnr_assets.lib.recipes import Recipe, derive_recipes
+from hnr_assets.lib.recipes import BASELINE_SYSTEMS, Recipe, derive_recipes
 from hnr_assets.profiles.schema import Profile
 
 
@@ -26,10 +26,6 @@ def recipes(profile: Profile) -> list[Recipe]:
 def recipe_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:
     """One partition per training recipe."""
     return dg.StaticPartitionsDefinition([r.key for r in recipes(profile)])
-
-
-# Systems scored besides the trained encoders: BM25 retrieval and the base encoder without fine-tuning.
-BASELINE_SYSTEMS = ("bm25-retrieval", "base-encoder")
 
 
 def system_keys(profile: Profile) -> list[str]:

@@ -47,6 +47,15 @@ class Recipe:
         return tuple(s for s in self.sources if s.startswith("llm-"))
 
 
+# Systems scored besides the trained encoders: BM25 retrieval and the base encoder without fine-tuning.
+BASELINE_SYSTEMS = ("bm25-retrieval", "base-encoder")
+
+
+def system_keys(generator_keys: list[str]) -> list[str]:
+    """Scored systems: the two baselines, then every recipe's encoder (`derive_recipes` order)."""
+    return [*BASELINE_SYSTEMS, *(r.key for r in derive_recipes(generator_keys))]
+
+
 def llm_source(generator_key: str) -> str:
     """The negative-set name of a generator: `llm-<key>`."""
     return f"llm-{check_safe_name(generator_key, 'generator key')}"

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from hnr_assets.lib.download import BEIR_MD5, beir_url
 from hnr_assets.lib.errors import ConfigError
 from hnr_assets.lib.io import check_safe_name
+from hnr_assets.lib.recipes import system_keys
 
 
 def _dataset_name(value: str) -> str:
@@ -230,6 +231,56 @@ class GenerationSettings(StrictModel):
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
 
 
+class ReferenceScore(StrictModel):
+    """A published score that a system of this profile should reproduce (a WARN check of `results`)."""
+
+    system: str = Field(description="System key: `bm25-retrieval`, `base-encoder` or a recipe key.")
+    dataset: DatasetName = Field(description="Evaluation dataset (one of the profile's).")
+    metric: Literal["ndcg@10", "recall@100", "mrr@10", "map@100"] = Field(
+        default="ndcg@10", description="Metric the value is for."
+    )
+    value: float = Field(ge=0.0, le=1.0, description="The published value.")
+    tolerance: float = Field(default=0.003, ge=0.0, description="Largest accepted absolute difference.")
+    source: str = Field(min_length=1, description="Where the value is published.")
+
+
+class SignificanceSettings(StrictModel):
+    """Paired significance of each system against a baseline system, per dataset, over queries."""
+
+    baseline: str = Field(default="bm25", description="System compared against (the study's BM25-negatives recipe).")
+    test: Literal["t-test", "bootstrap"] = Field(
+        default="t-test", description="Test whose p-value the table shows (both are computed and stored)."
+    )
+    correction: Literal["holm", "bonferroni", "none"] = Field(
+        default="holm", description="Multiple-comparison correction per dataset over the systems compared."
+    )
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="Level at which a difference is marked.")
+    bootstrap_samples: int = Field(default=10_000, ge=100, description="Resamples of the paired bootstrap test.")
+    seed: int = Field(default=0, description="Seed of the bootstrap.")
+
+
+class EvaluationSettings(StrictModel):
+    """Dense retrieval evaluation (`scores`, `results`)."""
+
+    top_k: int = Field(default=1000, gt=0, description="Hits kept per query in every run.")
+    max_length: int = Field(
+        default=256, gt=0, description="Token limit of queries and passages (SciFact loses 0.02 nDCG@10 at 128)."
+    )
+    batch_size: int = Field(default=32, gt=0, description="Texts per forward pass when encoding.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="Autocast precision; `auto` = bf16 where the CPU/GPU supports it natively, else fp32.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="`auto` = cuda when available.")
+    cache_embeddings: bool = Field(
+        default=True, description="Cache corpus embeddings per (model content, corpus content, max_length, precision)."
+    )
+    significance: SignificanceSettings = Field(default_factory=SignificanceSettings)
+    references: list[ReferenceScore] = Field(
+        default_factory=list, description="Published scores checked (WARN) against ours in `results`."
+    )
+
+
 class BM25Settings(StrictModel):
     """BM25 over the training corpus (`bm25_index`, the miners) and over each evaluation dataset (`bm25_scores`).
 
@@ -322,6 +373,117 @@ class MiningSettings(StrictModel):
     )
 
 
+class BaseEncoderSpec(StrictModel):
+    """The encoder every recipe starts from (asset `base_encoder`)."""
+
+    model: str = Field(
+        default="distilbert-base-uncased",
+        description=(
+            "A model hub id (e.g. `distilbert-base-uncased`, downloaded), `package:<distribution>` (weights "
+            "shipped inside an installed Python package, offline), `tiny-random` (a 2-layer BERT built in the "
+            "run, for tests), or an absolute path to a sentence-transformers or transformers folder."
+        ),
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) to download.")
+    pooling: Literal["mean", "cls", "max"] = Field(
+        default="mean", description="Pooling added when the model is a plain transformers checkpoint."
+    )
+    max_seq_length: int = Field(
+        default=256,
+        gt=0,
+        description="Max tokens per text of the saved base model and of every trained encoder (inference).",
+    )
+    seed: int = Field(default=0, description="Seed of the weights of `tiny-random`.")
+
+
+class TrainingSetSettings(StrictModel):
+    """How a recipe's training set is assembled from the negative sets (asset `training_sets`)."""
+
+    negatives_per_row: int = Field(default=5, ge=1, description="Hard negatives per row (the study: 5).")
+    min_negatives: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "A source covers a pair when it has at least this many negatives for it; short rows are filled by "
+            "repeating the pair's own negatives in rank order. Set it to `negatives_per_row` to drop short rows."
+        ),
+    )
+    same_queries: bool = Field(
+        default=True,
+        description=(
+            "Train every recipe on the same pairs: those covered by every negative source of the profile "
+            "(BM25, cross-encoder, each generator). Off: each recipe keeps every pair its own sources cover."
+        ),
+    )
+    validation_fraction: float = Field(
+        default=0.1, gt=0.0, lt=1.0, description="Share of the queries held out for validation (split by query)."
+    )
+    split_seed: int = Field(default=0, description="Seed of the split (a query's side is a hash of seed and id).")
+    filter_relative_margin: float | None = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="`-filtered` recipes: drop an LLM negative scoring >= positive x (1 - margin) (TopK-PercPos).",
+    )
+    filter_absolute_margin: float | None = Field(
+        default=None, ge=0.0, description="`-filtered` recipes: drop a negative scoring >= positive - margin."
+    )
+
+    @model_validator(mode="after")
+    def _min_within_row(self) -> TrainingSetSettings:
+        if self.min_negatives > self.negatives_per_row:
+            raise ValueError(
+                f"min_negatives ({self.min_negatives}) must not exceed negatives_per_row ({self.negatives_per_row})"
+            )
+        return self
+
+
+class TrainerSettings(StrictModel):
+    """Fine-tuning of one encoder per recipe (asset `encoders`); every field can be overridden per run."""
+
+    batch_size: int = Field(default=16, ge=2, description="Rows per batch; the other rows are in-batch negatives.")
+    learning_rate: float = Field(default=2e-5, ge=0.0, description="Peak learning rate (AdamW, linear decay).")
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0, description="Share of the steps spent warming up.")
+    weight_decay: float = Field(default=0.01, ge=0.0, description="AdamW weight decay.")
+    epochs: float = Field(default=1.0, gt=0.0, description="Passes over the training rows (unless max_steps).")
+    max_steps: int | None = Field(default=None, gt=0, description="Stop after this many steps (overrides epochs).")
+    eval_steps: int = Field(default=1000, gt=0, description="Evaluate on the validation queries every this many steps.")
+    early_stopping_patience: int = Field(
+        default=3, ge=1, description="Stop after this many evaluations without improvement; the best is kept."
+    )
+    max_seq_length: int = Field(default=256, gt=0, description="Max tokens per text while training and validating.")
+    scale: float = Field(default=20.0, gt=0.0, description="MultipleNegativesRankingLoss scale (1 / temperature).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description=(
+            "Mixed precision: `auto` = bf16 on a GPU that supports it (fp16 otherwise), bf16 autocast on a CPU "
+            "with AVX512-BF16/AMX, fp32 elsewhere."
+        ),
+    )
+    seed: int = Field(default=0, description="Seed of initialisation, batch order and dropout.")
+    logging_steps: int = Field(default=10, gt=0, description="Log loss and learning rate every this many steps.")
+    validation_queries: int | None = Field(
+        default=None, gt=0, description="Evaluate on a seeded sample of at most this many validation queries."
+    )
+    validation_corpus_size: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Rank the validation queries' positives among a seeded sample of this many training-corpus "
+            "documents (their positives always included); null: the whole training corpus."
+        ),
+    )
+    eval_batch_size: int = Field(default=64, gt=0, description="Texts per batch when encoding for validation.")
+
+
+class TrainingSpec(StrictModel):
+    """Training sets per recipe and the encoders trained on them (defaults: the study's settings)."""
+
+    base_encoder: BaseEncoderSpec = Field(default_factory=BaseEncoderSpec)
+    sets: TrainingSetSettings = Field(default_factory=TrainingSetSettings)
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+
+
 class Profile(StrictModel):
     """All settings of one profile (`paper`, `local`, `test`, or a file of your own)."""
 
@@ -337,11 +499,15 @@ class Profile(StrictModel):
     generation: GenerationSettings = Field(
         default_factory=GenerationSettings, description="Pair subset, prompt length and validation for all generators."
     )
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     bm25: BM25Settings = Field(default_factory=BM25Settings, description="BM25 engine and parameters.")
     cross_encoder: CrossEncoderSettings = Field(
         default_factory=CrossEncoderSettings, description="The cross-encoder model and its runtime."
     )
     mining: MiningSettings = Field(default_factory=MiningSettings, description="BM25 and cross-encoder negatives.")
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec, description="Training sets and encoders; the defaults are the study's."
+    )
 
     @model_validator(mode="after")
     def _unique_dataset_names(self) -> Profile:
@@ -353,6 +519,15 @@ class Profile(StrictModel):
         dups = sorted({k for k in keys if keys.count(k) > 1})
         if dups:
             raise ValueError(f"generator keys must be unique; repeated: {', '.join(dups)}")
+        systems = system_keys(keys)
+        named = [("evaluation.significance.baseline", self.evaluation.significance.baseline)]
+        named += [(f"evaluation.references.{i}.system", r.system) for i, r in enumerate(self.evaluation.references)]
+        for where, system in named:
+            if system not in systems:
+                raise ValueError(f"{where}: {system!r} is not a system of this profile ({', '.join(systems)})")
+        for i, ref in enumerate(self.evaluation.references):
+            if ref.dataset not in names:
+                raise ValueError(f"evaluation.references.{i}.dataset: {ref.dataset!r} is not a dataset of this profile")
         return self
 
     @property

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _quote(value: str) -> str:
+    """A value inside a single-quoted MLflow search string."""
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
 class TrackingError(HnrError):
     """The MLflow tracking store failed or is unreachable."""
 
@@ -119,10 +124,109 @@ class MlflowResource(dg.ConfigurableResource):
         try:
             yield tracked
         except BaseException:
+            # A failed run registers nothing: versions it created are removed before it is closed.
+            with contextlib.suppress(TrackingError):
+                self.delete_model_versions(tracked.run_id)
             with contextlib.suppress(TrackingError):
                 self.call("mark the run FAILED", lambda: client.set_terminated(tracked.run_id, "FAILED"))
             raise
         self.call("mark the run FINISHED", lambda: client.set_terminated(tracked.run_id, "FINISHED"))
+
+    # ------------------------------------------------------------------------------------ stale runs
+
+    def find_runs(self, tags: dict[str, str], status: str | None = "RUNNING") -> list[Any]:
+        """Runs of the experiment carrying all `tags` (and in `status`, unless None), newest first."""
+        client = self.client()
+        experiment_id = self.experiment_id()
+        clauses = [f"tags.`{k}` = '{_quote(v)}'" for k, v in tags.items()]
+        if status is not None:
+            clauses.append(f"attributes.status = '{status}'")
+        query = " and ".join(clauses)
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self.call(
+                "search runs",
+                lambda t=token: client.search_runs(
+                    [experiment_id], filter_string=query, max_results=500, order_by=["start_time DESC"], page_token=t
+                ),
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def close_stale_runs(self, tags: dict[str, str], is_stale: Callable[[Any], bool], reason: str) -> list[str]:
+        """Mark FAILED the RUNNING runs with `tags` whose owner is gone (a process killed mid-run).
+
+        A killed process cannot close its own run; the next attempt at the same work calls this first,
+        so that no run stays RUNNING. Model versions registered by a closed run are deleted: they
+        belong to no successful materialization.
+
+        Args:
+            tags: Tags that identify the work (asset and partition, say).
+            is_stale: Decides, per run, whether its owner is gone (a live concurrent run must be kept).
+            reason: Stored in the tag `hnr/closed_reason`.
+
+        Returns:
+            Ids of the runs closed.
+        """
+        from mlflow.entities import RunTag
+
+        client = self.client()
+        closed = []
+        for run in self.find_runs(tags, status="RUNNING"):
+            if not is_stale(run):
+                continue
+            run_id = run.info.run_id
+            self.delete_model_versions(run_id)
+            self.call(
+                "tag a stale run",
+                lambda r=run_id: client.log_batch(r, tags=[RunTag("hnr/closed_reason", reason[:5000])]),
+            )
+            self.call("mark a stale run FAILED", lambda r=run_id: client.set_terminated(r, "FAILED"))
+            log.warning("MLflow run %s was left RUNNING (%s); marked FAILED", run_id, reason)
+            closed.append(run_id)
+        return closed
+
+    # ------------------------------------------------------------------------------------ registry
+
+    def delete_model_versions(self, run_id: str) -> list[tuple[str, str]]:
+        """Delete every registered model version created from `run_id`; return (name, version) pairs."""
+        client = self.client()
+        versions = self.call(
+            "search model versions", lambda: client.search_model_versions(f"run_id = '{_quote(run_id)}'")
+        )
+        deleted = []
+        for version in versions:
+            self.call(
+                "delete a model version",
+                lambda v=version: client.delete_model_version(v.name, v.version),
+            )
+            deleted.append((version.name, str(version.version)))
+        return deleted
+
+    def model_url(self, name: str, version: str | None = None) -> str:
+        """Link to a registered model (or one version of it) in the MLflow UI."""
+        base = f"{self.ui_url.rstrip('/')}/#/models/{name}"
+        return f"{base}/versions/{version}" if version else base
+
+    # ------------------------------------------------------------------------------------ existing runs
+
+    def open_run(self, run_id: str) -> TrackedRun:
+        """An existing run (e.g. an encoder's training run), to log more to it; its status is unchanged.
+
+        Raises:
+            TrackingError: The run does not exist in this tracking store (or the store is unreachable).
+        """
+        client = self.client()
+        found = self.call(f"find run {run_id}", lambda: client.get_run(run_id))
+        return TrackedRun(self, client, found.info.run_id, found.info.experiment_id)
+
+    def find_run(self, tags: dict[str, str]) -> str | None:
+        """Id of the oldest run of the profile's experiment that carries all `tags` (any status), or None."""
+        runs = self.find_runs(tags, status=None)
+        return runs[-1].info.run_id if runs else None
 
 
 class TrackedRun:
@@ -157,6 +261,63 @@ class TrackedRun:
 
         items = [RunTag(str(k), str(v)) for k, v in tags.items()]
         self.resource.call("set tags", lambda: self.client.log_batch(self.run_id, tags=items))
+
+    @property
+    def artifact_uri(self) -> str:
+        run = self.resource.call("get the run", lambda: self.client.get_run(self.run_id))
+        return run.info.artifact_uri
+
+    def log_sentence_transformer(self, model_dir: Path, artifact_path: str = "model") -> str:
+        """Log a sentence-transformers folder as an MLflow model (flavor `sentence_transformers`).
+
+        Args:
+            model_dir: A folder `SentenceTransformer(model_dir)` loads.
+            artifact_path: Where in the run's artifacts.
+
+        Returns:
+            The artifact URI of the logged model (the source of a registered version).
+        """
+        import importlib.metadata
+        import tempfile
+
+        import mlflow.sentence_transformers
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+        # Explicit requirements: MLflow's inference would re-import the model in a subprocess.
+        requirements = [
+            f"{pkg}=={importlib.metadata.version(pkg)}" for pkg in ("sentence-transformers", "transformers", "torch")
+        ]
+        with tempfile.TemporaryDirectory(prefix="hnr-mlflow-model-") as tmp:
+            local = Path(tmp) / artifact_path
+            mlflow.sentence_transformers.save_model(model, str(local), pip_requirements=requirements)
+            self.log_artifact(local, artifact_path)
+        return f"{self.artifact_uri.rstrip('/')}/{artifact_path}"
+
+    def register_model(self, name: str, source: str, description: str = "", tags: dict[str, str] | None = None) -> str:
+        """Register `source` (a logged model's artifact URI) as a new version of the registered model `name`.
+
+        Returns:
+            The new version number, as a string.
+        """
+        from mlflow.exceptions import MlflowException
+
+        def ensure_registered_model() -> None:
+            try:
+                self.client.get_registered_model(name)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                self.client.create_registered_model(name, description=description or None)
+
+        self.resource.call("create the registered model", ensure_registered_model)
+        version = self.resource.call(
+            "create a model version",
+            lambda: self.client.create_model_version(
+                name, source, run_id=self.run_id, tags=dict(tags or {}), description=description or None
+            ),
+        )
+        return str(version.version)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)
