@@ -46,11 +46,22 @@ def _latest_any(instance, key):
     return result.records[0] if result.records else None
 
 
-def is_up_to_date(instance, graph, key, partition, code_version: str | None) -> bool:
-    """True when the partition was materialized with this code version after all of its parents."""
+def is_up_to_date(
+    instance, graph, key, partition, code_version: str | None, run_tags: dict[str, str] | None = None
+) -> bool:
+    """True when the partition was materialized with this code version after all of its parents.
+
+    With `run_tags`, the latest materialization must also come from a run carrying those tags (the
+    demo tags its runs with the profile and the data root, so that switching either reruns the asset
+    instead of trusting a materialization whose files live elsewhere).
+    """
     record = _latest_record(instance, key, partition)
     if record is None:
         return False
+    if run_tags:
+        run = instance.get_run_by_id(record.run_id)
+        if run is None or any(run.tags.get(k) != v for k, v in run_tags.items()):
+            return False
     mat = record.asset_materialization
     recorded_version = (mat.tags or {}).get("dagster/code_version") if mat else None
     if code_version is not None and recorded_version != code_version:
@@ -62,7 +73,14 @@ def is_up_to_date(instance, graph, key, partition, code_version: str | None) -> 
     return True
 
 
-def run_demo(defs, instance, *, force: bool = False, select: list[str] | None = None) -> list[Step]:
+def run_demo(
+    defs,
+    instance,
+    *,
+    force: bool = False,
+    select: list[str] | None = None,
+    run_tags: dict[str, str] | None = None,
+) -> list[Step]:
     """Materialize every asset (every partition) of `defs` in dependency order.
 
     Args:
@@ -70,6 +88,8 @@ def run_demo(defs, instance, *, force: bool = False, select: list[str] | None = 
         instance: The Dagster instance that records the runs.
         force: Rerun partitions that are up to date.
         select: Only these asset names (default: all).
+        run_tags: Tags put on every run; a partition counts as up to date only if its latest
+            materialization came from a run with the same tags.
 
     Returns:
         One `Step` per (asset, partition).
@@ -87,7 +107,7 @@ def run_demo(defs, instance, *, force: bool = False, select: list[str] | None = 
         partitions = list(pdef.get_partition_keys()) if pdef else [None]
         for partition in partitions:
             name = key.to_user_string()
-            if not force and is_up_to_date(instance, graph, key, partition, node.code_version):
+            if not force and is_up_to_date(instance, graph, key, partition, node.code_version, run_tags):
                 log.info("%s [%s]: up to date, skipped", name, partition or "-")
                 steps.append(Step(name, partition, "up to date", 0.0))
                 continue
@@ -100,7 +120,7 @@ def run_demo(defs, instance, *, force: bool = False, select: list[str] | None = 
                 instance=instance,
                 resources=defs.resources,
                 run_config=run_config,
-                tags={"hnr/launched_by": "demo"},
+                tags={"hnr/launched_by": "demo", **(run_tags or {})},
             )
             seconds = time.perf_counter() - started
             log.info("%s [%s]: done in %.1f s", name, partition or "-", seconds)
@@ -149,7 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     defs = build_defs(settings)
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        steps = run_demo(defs, instance, force=args.force, select=[s for s in args.select.split(",") if s] or None)
+        steps = run_demo(
+            defs,
+            instance,
+            force=args.force,
+            select=[s for s in args.select.split(",") if s] or None,
+            run_tags={"hnr/profile": str(settings.profile_path), "hnr/data_dir": str(settings.data_dir)},
+        )
     wall = time.perf_counter() - started
     ran = [s for s in steps if s.status == "materialized"]
     lines = [f"demo of profile {settings.profile!r}: {len(ran)} materialized, {len(steps) - len(ran)} up to date"]

@@ -145,3 +145,15 @@ def test_definitions_load_without_heavy_imports(test_settings: Settings) -> None
 def test_fixture_counts_match(tmp_path: Path) -> None:
     counts = make_tiny_dataset(tmp_path / "x", seed=2, prefix="b")
     assert counts == {"documents": 48, "test_queries": 8, "test_judgements": 8, "train_pairs": 24, "train_queries": 16}
+
+
+def test_demo_reruns_when_the_data_root_changes(test_settings: Settings, tmp_path: Path) -> None:
+    """A materialization recorded for another profile or data root does not count as up to date."""
+    instance = dg.DagsterInstance.ephemeral()
+    tags = {"hnr/profile": str(test_settings.profile_path), "hnr/data_dir": str(test_settings.data_dir)}
+    defs = build_defs(test_settings)
+    first = run_demo(defs, instance, select=["training_pairs"], run_tags=tags)
+    assert [s.status for s in first] == ["materialized"]
+    assert [s.status for s in run_demo(defs, instance, select=["training_pairs"], run_tags=tags)] == ["up to date"]
+    other = {**tags, "hnr/data_dir": str(tmp_path / "elsewhere")}
+    assert [s.status for s in run_demo(defs, instance, select=["training_pairs"], run_tags=other)] == ["materialized"]
