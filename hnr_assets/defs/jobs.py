@@ -3,9 +3,9 @@
 A Dagster job runs one partition key (or a range of them) of one partitions definition: "Selected
 assets must have the same partitions definitions" is an error when a job's assets are partitioned
 differently. A stage whose assets are partitioned along several axes therefore gets one job per axis:
-`<stage>` for its unpartitioned assets and `<stage>_per_<axis>` for the others (e.g. `training` =
-`base_encoder`, `training_per_generator` = `llm_negatives_ce_scores`, `training_per_recipe` =
-`training_sets` + `encoders`). Every asset is in exactly one stage job.
+`<stage>_job` for its unpartitioned assets and `<stage>_per_<axis>_job` for the others (e.g.
+`training_job` = `base_encoder`, `training_per_generator_job` = `llm_negatives_ce_scores`,
+`training_per_recipe_job` = `training_sets` + `encoders`). Every asset is in exactly one stage job.
 
 The whole grid end to end spans five partitions definitions, so it is an asset backfill rather than a
 job: `python -m hnr_assets.cli backfill` (or "Materialize all" on the asset graph in the UI) submits
@@ -20,7 +20,7 @@ import dagster as dg
 
 from hnr_assets.defs.execution import POLICIES
 
-# `training_per_recipe` holds `training_sets` (8 partitions per backfill run) and `encoders` (1): Dagster
+# `training_per_recipe_job` holds `training_sets` (8 partitions per backfill run) and `encoders` (1): Dagster
 # warns, then uses the smaller, which is what a job that builds a recipe's set and trains on it should do.
 warnings.filterwarnings("ignore", message=r"Asset job \w+ materializes assets with varying BackfillPolicies")
 
@@ -29,8 +29,12 @@ REFRESH_SENSOR = "refresh_downstream_of_negatives"
 
 
 def job_name(stage: str, axis: str | None) -> str:
-    """`<stage>` for unpartitioned assets, `<stage>_per_<axis>` otherwise (`system×dataset` -> `system_dataset`)."""
-    return stage if axis is None else f"{stage}_per_{axis.replace('×', '_')}"
+    """`<stage>_job` (unpartitioned assets) or `<stage>_per_<axis>_job` (`system×dataset` -> `system_dataset`).
+
+    The `_job` suffix keeps job names apart from asset names (`datasets` is both a stage and an asset;
+    Dagster refuses a job and an op of the same name).
+    """
+    return f"{stage}_job" if axis is None else f"{stage}_per_{axis.replace('×', '_')}_job"
 
 
 def stage_jobs(assets: Iterable[dg.AssetsDefinition]) -> list:

@@ -71,20 +71,22 @@ def test_jobs_per_stage_resolve_and_hold_every_asset_once(defs: dg.Definitions) 
         resolved = defs.resolve_job_def(job.name)  # raises if its assets were partitioned differently
         by_job[job.name] = sorted(k.to_user_string() for k in resolved.asset_layer.executable_asset_keys)
     assert by_job == {
-        "datasets_per_dataset": ["datasets"],
-        "datasets": ["training_pairs"],
-        "mining": ["bm25_index", "bm25_negatives", "ce_negatives", "cross_encoder"],
-        "mining_per_dataset": ["bm25_scores"],
-        "generation_per_generator": ["generator_models", "llm_negatives"],
-        "training_per_generator": ["llm_negatives_ce_scores"],
-        "training_per_recipe": ["encoders", "training_sets"],
-        "training": ["base_encoder"],
-        "evaluation_per_system_dataset": ["scores"],
-        "evaluation": ["results"],
+        "datasets_per_dataset_job": ["datasets"],
+        "datasets_job": ["training_pairs"],
+        "mining_job": ["bm25_index", "bm25_negatives", "ce_negatives", "cross_encoder"],
+        "mining_per_dataset_job": ["bm25_scores"],
+        "generation_per_generator_job": ["generator_models", "llm_negatives"],
+        "training_per_generator_job": ["llm_negatives_ce_scores"],
+        "training_per_recipe_job": ["encoders", "training_sets"],
+        "training_job": ["base_encoder"],
+        "evaluation_per_system_dataset_job": ["scores"],
+        "evaluation_job": ["results"],
     }
     everything = [name for names in by_job.values() for name in names]
     assert sorted(everything) == sorted(POLICIES)
-    assert defs.resolve_job_def("training_per_recipe").partitions_def.get_partition_keys()[:2] == ["bm25", "ce"]
+    assert defs.resolve_job_def("training_per_recipe_job").partitions_def.get_partition_keys()[:2] == ["bm25", "ce"]
+    # The whole code location loads as `dagster dev` loads it (job and op names must not collide).
+    dg.Definitions.validate_loadable(defs)
 
 
 def test_refresh_sensor_is_off_until_switched_on(defs: dg.Definitions) -> None:
