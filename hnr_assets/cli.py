@@ -10,10 +10,12 @@ reruns everything.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import resource
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -73,6 +75,47 @@ def is_up_to_date(
     return True
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_dead_demo_runs(instance) -> list[str]:
+    """Mark FAILED the demo runs whose process died (SIGKILL, OOM) and free their concurrency slots.
+
+    A demo run executes in the demo's own process; killed outright, it stays STARTED and keeps its slot
+    in the `heavy` pool (limit 1), so the next demo would wait for it forever. Runs of a live process, or
+    of another host, are left alone.
+
+    Returns:
+        The run ids released.
+    """
+    import dagster as dg
+    from dagster._core.storage.dagster_run import FINISHED_STATUSES
+
+    host = socket.gethostname()
+    released = []
+    runs = instance.get_runs(
+        dg.RunsFilter(
+            statuses=[s for s in dg.DagsterRunStatus if s not in FINISHED_STATUSES],
+            tags={"hnr/launched_by": "demo", "hnr/host": host},
+        )
+    )
+    for run in runs:
+        pid = int(run.tags.get("hnr/pid", "0") or 0)
+        if not pid or pid == os.getpid() or _pid_alive(pid):
+            continue
+        instance.report_run_failed(run, f"its process {pid} on {host} ended without finishing the run")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        released.append(run.run_id)
+    return released
+
+
 def run_demo(
     defs,
     instance,
@@ -97,6 +140,10 @@ def run_demo(
     import dagster as dg
 
     graph = defs.resolve_asset_graph()
+    released = release_dead_demo_runs(instance)
+    if released:
+        log.warning("marked FAILED %d demo runs whose process had died, freeing their pool slots", len(released))
+    owner = {"hnr/host": socket.gethostname(), "hnr/pid": str(os.getpid())}
     steps: list[Step] = []
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     for key in graph.toposorted_asset_keys:
@@ -120,7 +167,7 @@ def run_demo(
                 instance=instance,
                 resources=defs.resources,
                 run_config=run_config,
-                tags={"hnr/launched_by": "demo", **(run_tags or {})},
+                tags={"hnr/launched_by": "demo", **owner, **(run_tags or {})},
             )
             seconds = time.perf_counter() - started
             log.info("%s [%s]: done in %.1f s", name, partition or "-", seconds)
@@ -134,13 +181,80 @@ def _peak_rss_mib() -> float:
     return max(own, children) / 1024
 
 
+# sha256 of every `dagster.yaml` hnr shipped before the current one: an unmodified copy of one of them in
+# DAGSTER_HOME is replaced by `init` (it lacked the concurrency pools); a file a user edited is kept.
+EARLIER_DAGSTER_YAML_SHA256 = frozenset({"eea318122413c8ae0c8b9732e4c7b95db59df2b172784780da74e65c6eb94f95"})
+
+
 def init_dagster_home(dagster_home: Path) -> Path:
-    """Create DAGSTER_HOME with hnr's `dagster.yaml` unless one is there already."""
+    """Create DAGSTER_HOME with hnr's `dagster.yaml`, or bring an unmodified earlier copy up to date."""
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
+    shipped = Path(__file__).with_name("dagster.yaml")
     if not config.exists():
-        shutil.copyfile(Path(__file__).with_name("dagster.yaml"), config)
+        shutil.copyfile(shipped, config)
+    elif hashlib.sha256(config.read_bytes()).hexdigest() in EARLIER_DAGSTER_YAML_SHA256:
+        log.info("%s: replacing hnr's earlier default with the current one (adds the concurrency pools)", config)
+        shutil.copyfile(shipped, config)
+    elif "concurrency:" not in config.read_text(encoding="utf-8"):
+        log.warning(
+            "%s has no `concurrency` section: the `heavy` pool is unlimited, so generation, training and "
+            "encoding may run at the same time; see %s",
+            config,
+            shipped,
+        )
     return dagster_home
+
+
+def submit_backfill(
+    defs, instance, *, select: list[str] | None = None, partitions: list[str] | None = None, title: str = ""
+) -> str:
+    """Submit an asset backfill to `instance` for its daemon to run; returns the backfill id.
+
+    This is how the whole grid runs end to end under the daemon (`make dev`): one backfill over assets
+    partitioned in different ways, which no single Dagster job can hold. The daemon materializes each
+    partition once its parents' partitions in the backfill are done, with each asset's backfill policy
+    and concurrency pool; the UI shows it under Runs > Backfills. Same request as the UI's "Materialize
+    all" (GraphQL `launchPartitionBackfill` with an asset selection).
+
+    Args:
+        defs: The `dg.Definitions` (their asset graph).
+        instance: The Dagster instance the daemon serves.
+        select: Asset names (default: every materializable asset).
+        partitions: Partition keys of the selection's partitioned assets when they all share one
+            partitions definition (default: every partition of every asset).
+        title: Shown in the UI.
+
+    Returns:
+        The backfill id.
+    """
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+
+    from hnr_assets.lib.errors import ConfigError
+
+    graph = defs.resolve_asset_graph()
+    keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable]
+    if select:
+        unknown = sorted(set(select) - {k.to_user_string() for k in keys})
+        if unknown:
+            raise ConfigError(f"unknown assets {unknown}; known: {', '.join(k.to_user_string() for k in keys)}")
+        keys = [k for k in keys if k.to_user_string() in select]
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=make_new_backfill_id(),
+        asset_graph=graph,
+        partition_names=partitions,
+        asset_selection=keys,
+        backfill_timestamp=time.time(),
+        tags={"hnr/launched_by": "cli backfill"},
+        dynamic_partitions_store=instance,
+        all_partitions=not partitions,
+        title=title or ("hnr: " + (", ".join(select) if select else "every asset, every partition")),
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill.backfill_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--force", action="store_true", help="rerun partitions that are up to date")
     demo.add_argument("--select", default="", help="comma-separated asset names (default: all)")
     sub.add_parser("init", help="create DAGSTER_HOME under the data root")
+    backfill = sub.add_parser(
+        "backfill", help="submit an asset backfill (default: everything) for the daemon of `make dev` to run"
+    )
+    backfill.add_argument("--select", default="", help="comma-separated asset names (default: all)")
+    backfill.add_argument("--partitions", default="", help="comma-separated partition keys (default: all)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -167,6 +286,19 @@ def main(argv: list[str] | None = None) -> int:
     from hnr_assets.definitions import build_defs
 
     defs = build_defs(settings)
+    if args.command == "backfill":
+        with dg.DagsterInstance.get() as instance:
+            backfill_id = submit_backfill(
+                defs,
+                instance,
+                select=[s for s in args.select.split(",") if s] or None,
+                partitions=[p for p in args.partitions.split(",") if p] or None,
+            )
+        sys.stdout.write(
+            f"backfill {backfill_id} submitted to DAGSTER_HOME={os.environ['DAGSTER_HOME']}; the daemon of "
+            f"`make dev` runs it: Runs > Backfills in the UI (/runs/b/{backfill_id})\n"
+        )
+        return 0
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         steps = run_demo(

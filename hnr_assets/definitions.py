@@ -1,4 +1,4 @@
-"""The one entry point: assets, checks, jobs and resources of the active profile.
+"""The one entry point: assets, checks, jobs, the automation sensor and resources of the active profile.
 
 `dagster dev` (through `workspace.yaml`) and `make demo` load `defs` from here. Settings come from the
 environment (`hnr_assets.settings`); heavy libraries are imported only inside the assets that use them,
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from hnr_assets.defs import datasets, evaluation, generation, mining, training
+from hnr_assets.defs import datasets, evaluation, generation, jobs, mining, training
 from hnr_assets.profiles import Profile, load_profile
 from hnr_assets.resources.bm25 import bm25_resource
 from hnr_assets.resources.cross_encoder import cross_encoder_resource
@@ -62,8 +62,10 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     """All definitions for the given settings (the environment's when None)."""
     settings = settings or Settings.from_env()
     profile = load_profile(settings.profile_path)
+    stages = dg.Definitions.merge(*(stage.build_defs(profile) for stage in STAGES))
     return dg.Definitions.merge(
-        *(stage.build_defs(profile) for stage in STAGES),
+        stages,
+        jobs.build_defs(stages.assets or []),
         dg.Definitions(resources=build_resources(settings, profile)),
     )
 

@@ -34,6 +34,7 @@ import polars as pl
 from hnr_assets.lib.errors import ConfigError
 from hnr_assets.lib.metrics import evaluate_run
 from hnr_assets.lib.pairs import passage_expr
+from hnr_assets.lib.progress import Progress
 from hnr_assets.profiles.schema import TrainerSettings
 
 VALIDATION = "validation"
@@ -395,6 +396,18 @@ def _forwarding_callback(sink: MetricsSink):
     return ForwardLogs()
 
 
+def _progress_callback(progress: Progress):
+    from transformers import TrainerCallback
+
+    class StepProgress(TrainerCallback):
+        """Counts optimizer steps into `progress` (percentage, time per step, time left)."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            progress.update(1)
+
+    return StepProgress()
+
+
 def train_encoder(
     base_model_dir: Path,
     train_rows: pl.DataFrame,
@@ -408,6 +421,7 @@ def train_encoder(
     on_metrics: MetricsSink | None = None,
     log: Callable[[str], None] | None = None,
     device: str | None = None,
+    progress_every_seconds: float = 30.0,
 ) -> TrainingOutcome:
     """Fine-tune the base encoder on `train_rows`; save the best checkpoint to `output_dir`.
 
@@ -421,8 +435,10 @@ def train_encoder(
         output_dir: Where the best model is saved (a sentence-transformers folder).
         save_max_seq_length: max_seq_length written into the saved model (the inference length).
         on_metrics: Receives (step, metrics) for the base evaluation (step 0) and every log.
-        log: Progress messages.
+        log: Progress messages, including a `Progress` line (percentage of the planned steps, time per
+            step, time left) at most every `progress_every_seconds`.
         device: `cpu` or `cuda`; picked when None.
+        progress_every_seconds: Minimum time between two step-progress messages.
 
     Returns:
         The outcome (scores, steps, speed).
@@ -456,6 +472,8 @@ def train_encoder(
             say(f"step {step}: validation {PRIMARY} {metrics[key]:.4f}")
         sink(step, metrics)
 
+    total = planned_steps(train_rows.height, settings)
+    progress = Progress("training", total, say, unit="steps", every_seconds=progress_every_seconds)
     trainer = build_trainer(
         model,
         train_rows,
@@ -465,9 +483,8 @@ def train_encoder(
         work_dir=work_dir,
         precision=precision,
         device=device,
-        callbacks=[_forwarding_callback(collect)],
+        callbacks=[_forwarding_callback(collect), _progress_callback(progress)],
     )
-    total = planned_steps(train_rows.height, settings)
     say(f"training {train_rows.height} rows for up to {total} steps (batch {settings.batch_size}, {precision})")
     started, started_cpu = time.perf_counter(), time.process_time()
     trainer.train()

@@ -1,7 +1,9 @@
 """Progress of long loops (generation, mining, training, encoding) for the Dagster event log.
 
 `Progress` calls a log function at most every `every_seconds` (and at the end) with the percentage,
-rate and estimated time left, e.g. `bm25_negatives: 42.0% (386/919) 51.3 queries/s, ETA 10 s`.
+rate and estimated time left, e.g. `bm25_negatives: 42.0% (386/919) 51.3 queries/s, ETA 10 s`. Below
+one item per second the rate is given as time per item (`llm_negatives[g]: 25.0% (10/40) 28 s/pair,
+ETA 14 min 00 s`), so that slow steps (generation, training) do not read `0.0 pairs/s`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,36 @@ def _fmt_seconds(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _singular(unit: str) -> str:
+    """`pairs` -> `pair`, `queries` -> `query`, `passages` -> `passage` (the unit of a time per item)."""
+    if unit.endswith("ies"):
+        return unit[:-3] + "y"
+    if unit.endswith("s") and not unit.endswith("ss"):
+        return unit[:-1]
+    return unit
+
+
+def format_rate(done: int, seconds: float, unit: str) -> str:
+    """`51.3 queries/s` at one item per second or more, else the time per item (`28 s/pair`, `1.6 s/step`).
+
+    Args:
+        done: Items finished.
+        seconds: Time they took.
+        unit: Plural name of an item.
+
+    Returns:
+        The rate as text; `rate unknown` before the first item.
+    """
+    if done <= 0 or seconds <= 0:
+        return "rate unknown"
+    rate = done / seconds
+    if rate >= 1.0:
+        return f"{rate:.1f} {unit}/s"
+    per_item = seconds / done
+    text = f"{per_item:.1f} s" if per_item < 10 else _fmt_seconds(per_item)
+    return f"{text}/{_singular(unit)}"
 
 
 class Progress:
@@ -51,9 +83,9 @@ class Progress:
         elapsed = max(self.clock() - self.started, 1e-9)
         rate = self.done / elapsed
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        eta_text = _fmt_seconds(eta) if eta != float("inf") else "unknown"
-        return f"{self.label}: {pct:.1f}% ({self.done}/{self.total}) {rate:.1f} {self.unit}/s, ETA {eta_text}"
+        eta_text = _fmt_seconds(max(self.total - self.done, 0) / rate) if rate > 0 else "unknown"
+        rate_text = format_rate(self.done, elapsed, self.unit)
+        return f"{self.label}: {pct:.1f}% ({self.done}/{self.total}) {rate_text}, ETA {eta_text}"
 
     def update(self, n: int = 1) -> None:
         """Count `n` more items done; log if enough time has passed or everything is done."""

@@ -67,6 +67,19 @@ def test_bm25s_index_and_search(corpus: Path, tmp_path: Path) -> None:
     assert hits_to_run(hits)["q3"] == {"d5": pytest.approx(hits.filter(pl.col("query_id") == "q3")["score"][0])}
 
 
+def test_large_query_sets_are_searched_in_chunks_with_progress(corpus: Path, tmp_path: Path) -> None:
+    engine = make_engine(BM25Config(backend="bm25s"))
+    handle = engine.build(corpus, tmp_path / "idx")
+    whole = engine.search(handle, QUERIES, 3)
+    messages: list[str] = []
+    chunked = engine.search(handle, QUERIES, 3, messages.append, chunk_queries=2)
+    assert chunked.sort("query_id", "rank").equals(whole.sort("query_id", "rank"))
+    progress = [m for m in messages if m.startswith("bm25s search: ")]
+    total = QUERIES.height
+    assert [m.split(" ")[3] for m in progress] == [f"({min(n, total)}/{total})" for n in range(2, total + 2, 2)]
+    assert progress[-1].startswith("bm25s search: 100.0% ") and "queries/s" in progress[-1]
+
+
 def test_bm25s_refuses_an_index_with_other_settings(corpus: Path, tmp_path: Path) -> None:
     make_engine(BM25Config(backend="bm25s")).build(corpus, tmp_path / "idx")
     other = make_engine(BM25Config(backend="bm25s", k1=1.2))

@@ -168,6 +168,7 @@ def test_best_checkpoint_is_kept(tiny_base: Path, tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
     data = validation()
+    messages: list[str] = []
     outcome = train_encoder(
         tiny_base,
         rows(60),
@@ -177,9 +178,15 @@ def test_best_checkpoint_is_kept(tiny_base: Path, tmp_path: Path) -> None:
         work_dir=tmp_path / "work",
         output_dir=tmp_path / "out",
         save_max_seq_length=32,
+        log=messages.append,
+        progress_every_seconds=0.0,
     )
     trained = [v for s, v in outcome.evaluations if s > 0]
     assert outcome.global_step == 12 and not outcome.stopped_early
+    # Step progress in the log (the Dagster event log in the asset): one line per step here, the last at 100%.
+    steps = [m for m in messages if m.startswith("training: ")]
+    assert len(steps) == 12 and steps[0].startswith("training: 8.3% (1/12) ")
+    assert steps[-1].startswith("training: 100.0% (12/12) ") and steps[-1].endswith("ETA 0 s")
     assert outcome.best_score == pytest.approx(max(trained))
     assert outcome.best_step == next(s for s, v in outcome.evaluations if s > 0 and v == max(trained))
     saved = SentenceTransformer(str(tmp_path / "out"), device="cpu")

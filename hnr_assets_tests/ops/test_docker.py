@@ -190,7 +190,7 @@ def instance_env(monkeypatch: pytest.MonkeyPatch, config: dict) -> dict:
 @LIBRARY_SKEW
 def test_dagster_yaml_is_a_valid_instance_with_postgres_and_the_docker_launcher(instance_env: dict) -> None:
     from dagster._config import process_config
-    from dagster._core.instance.config import dagster_instance_config
+    from dagster._core.instance.config import ConcurrencyConfig, dagster_instance_config
     from dagster._core.launcher import RunLauncher
     from dagster._core.run_coordinator import RunCoordinator
     from dagster._serdes.config_class import ConfigurableClassData
@@ -224,11 +224,14 @@ def test_dagster_yaml_is_a_valid_instance_with_postgres_and_the_docker_launcher(
     assert missing == []
 
     coordinator = ConfigurableClassData(
-        raw["run_coordinator"]["module"],
-        raw["run_coordinator"]["class"],
-        yaml.safe_dump(raw["run_coordinator"]["config"]),
+        raw["run_coordinator"]["module"], raw["run_coordinator"]["class"], yaml.safe_dump({})
     ).rehydrate(as_type=RunCoordinator)
-    assert coordinator.get_run_queue_config().max_concurrent_runs == 2
+    assert type(coordinator).__name__ == "QueuedRunCoordinator"
+    # Queue and pool limits (Dagster 1.13 `concurrency`): one `heavy` step at a time, two runs.
+    concurrency = ConcurrencyConfig.from_concurrency_settings(config["concurrency"], coordinator.get_run_queue_config())
+    assert concurrency.pool_config.default_pool_limit == 1
+    assert concurrency.pool_config.pool_granularity.value == "op"
+    assert concurrency.run_queue_config.max_concurrent_runs == 2
 
     for section in ("compute_logs", "local_artifact_storage"):
         assert raw[section]["config"]["base_dir"].startswith("/data/dagster/"), section

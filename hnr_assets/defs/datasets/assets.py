@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 
 from hnr_assets.defs.checks import contract_spec, problems_result
+from hnr_assets.defs.execution import each_partition, run_policy
 from hnr_assets.defs.partitions import dataset_partitions
 from hnr_assets.lib.beir import convert_beir_split, dataset_files, validate_stored_split
 from hnr_assets.lib.io import atomic_dir, file_sha256
@@ -59,6 +60,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         check_specs=[
             contract_spec("datasets", description="Stored corpus, queries and qrels honour the BEIR contract.")
         ],
+        **run_policy("datasets"),
         description=(
             "The evaluation split of one BEIR-layout dataset (partition = dataset name), validated and "
             "stored as corpus.parquet, queries.parquet (judged queries only) and qrels.parquet."
@@ -67,7 +69,10 @@ def build_defs(profile: Profile) -> dg.Definitions:
     def datasets(
         context: dg.AssetExecutionContext, storage: StorageResource, dataset_sources: DatasetSourcesResource
     ) -> dg.MaterializeResult:
-        spec = profile.dataset(context.partition_key)
+        return each_partition(context, lambda key: one_dataset(context, key, storage, dataset_sources))
+
+    def one_dataset(context, key: str, storage: StorageResource, dataset_sources: DatasetSourcesResource):
+        spec = profile.dataset(key)
         started = time.perf_counter()
         source = dataset_sources.resolve(spec)
         context.log.info(f"{spec.name}: reading split {spec.split!r} from {source.kind} {source.detail}")
@@ -105,6 +110,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         check_specs=[
             contract_spec("training_pairs", description="Pairs are unique, non-empty, positives in the corpus.")
         ],
+        **run_policy("training_pairs"),
         description=(
             "(query, positive passage) training pairs from a judged split, with that dataset's corpus "
             "(the training corpus that BM25 and the cross-encoder mine). Files: pairs.parquet "

@@ -24,6 +24,7 @@ import dagster as dg
 import polars as pl
 
 from hnr_assets.defs.checks import contract_spec, problems_result, quality_spec
+from hnr_assets.defs.execution import each_partition, run_policy
 from hnr_assets.defs.partitions import recipes, system_dataset_partitions, system_keys
 from hnr_assets.lib.beir import load_qrels
 from hnr_assets.lib.dense import EmbeddingCache, EncodeOptions
@@ -107,6 +108,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         ],
         kinds={"pytorch", "parquet", "mlflow"},
         code_version="1",
+        **run_policy("scores"),
         check_specs=[
             contract_spec(
                 "scores",
@@ -127,7 +129,10 @@ def build_defs(profile: Profile) -> dg.Definitions:
     def scores(
         context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        keys = context.partition_key.keys_by_dimension
+        return each_partition(context, lambda key: one_score(context, key, storage, mlflow))
+
+    def one_score(context, key: dg.MultiPartitionKey, storage: StorageResource, mlflow: MlflowResource):
+        keys = key.keys_by_dimension
         system, dataset = keys["system"], keys["dataset"]
         started = time.perf_counter()
         dataset_dir = storage.asset_dir("datasets", dataset)
@@ -191,6 +196,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         deps=[dg.AssetDep("scores")],
         kinds={"parquet", "mlflow"},
         code_version="1",
+        **run_policy("results"),
         check_specs=[
             quality_spec("results", "complete", "Every system is scored on every dataset."),
             quality_spec(

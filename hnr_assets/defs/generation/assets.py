@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 
 from hnr_assets.defs.checks import negative_set_check_results, negative_set_check_specs
+from hnr_assets.defs.execution import run_policy, versioned
 from hnr_assets.defs.partitions import generator_partitions
 from hnr_assets.lib import generator_models as gm
 from hnr_assets.lib.errors import ConfigError, SourceNotFoundError
@@ -108,6 +109,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         partitions_def=partitions,
         kinds={"transformers"},
         code_version="1",
+        **run_policy("generator_models"),
         description=(
             "The weights of one generator (partition = generator key), as a local transformers folder: downloaded "
             "from the model hub, converted once from a GGUF file shipped in a Python package, or a tiny random "
@@ -144,7 +146,10 @@ def build_defs(profile: Profile) -> dg.Definitions:
         partitions_def=partitions,
         deps=["training_pairs", "generator_models"],
         kinds={"parquet"},
-        code_version="1",
+        # The prompt template files and the generation settings shape the output: editing either shows
+        # the partitions stale (over-approximated: every generator's partitions, for any one's change).
+        code_version=versioned("1", *(load_prompt(g.prompt).path for g in profile.generators), gen, profile.generators),
+        **run_policy("llm_negatives"),
         check_specs=negative_set_check_specs("llm_negatives", gen.min_full_share),
         description=(
             "Hard negatives written by one LLM with no corpus access (partition = generator key): 5 per "

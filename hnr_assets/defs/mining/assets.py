@@ -18,6 +18,7 @@ from hnr_assets.defs.checks import (
     problems_result,
     quality_spec,
 )
+from hnr_assets.defs.execution import each_partition, run_policy
 from hnr_assets.defs.partitions import dataset_partitions
 from hnr_assets.lib.bm25 import ANSERINI_FLAT_NDCG10, REFERENCE_TOLERANCE, IndexHandle, config_dict, hits_to_run
 from hnr_assets.lib.cross_encoder import TINY_RANDOM, read_manifest, sanity_check
@@ -156,6 +157,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         deps=["training_pairs"],
         kinds={"lucene" if bm25_settings.backend == "pyserini" else "python"},
         code_version="1",
+        **run_policy("bm25_index"),
         check_specs=[contract_spec("bm25_index", description="Every corpus document is in the index.")],
         description=(
             "BM25 index of the training corpus (training_pairs/corpus.parquet, passage = title + text): "
@@ -201,6 +203,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         deps=["bm25_index", "training_pairs"],
         kinds={"parquet"},
         code_version="1",
+        **run_policy("bm25_negatives"),
         check_specs=negative_set_check_specs("bm25_negatives", mining.min_full_share),
         description=(
             f"{NEGATIVES_PER_PAIR} BM25 negatives per training pair from the query's BM25 ranks "
@@ -270,6 +273,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         group_name=GROUP,
         kinds={"onnx" if ce_spec.model.startswith("package:") else "pytorch"},
         code_version="1",
+        **run_policy("cross_encoder"),
         check_specs=[
             dg.AssetCheckSpec(
                 "sanity",
@@ -317,6 +321,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         deps=["cross_encoder", "bm25_index", "training_pairs"],
         kinds={"parquet"},
         code_version="1",
+        **run_policy("ce_negatives"),
         check_specs=negative_set_check_specs("ce_negatives", mining.min_full_share),
         description=(
             f"{NEGATIVES_PER_PAIR} cross-encoder negatives per training pair: the BM25 top {ce.candidates} of "
@@ -404,6 +409,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         deps=["datasets"],
         kinds={"parquet"},
         code_version="1",
+        **run_policy("bm25_scores"),
         check_specs=[
             contract_spec("bm25_scores", description="run.parquet has ranks 1..n per query, at most the depth."),
             quality_spec(
@@ -423,7 +429,9 @@ def build_defs(profile: Profile) -> dg.Definitions:
     def bm25_scores(
         context: dg.AssetExecutionContext, storage: StorageResource, bm25: BM25Resource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        name = context.partition_key
+        return each_partition(context, lambda key: one_bm25_scores(context, key, storage, bm25, mlflow))
+
+    def one_bm25_scores(context, name: str, storage: StorageResource, bm25: BM25Resource, mlflow: MlflowResource):
         data = storage.asset_dir("datasets", name)
         started = time.perf_counter()
         engine = bm25.engine()

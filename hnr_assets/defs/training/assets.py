@@ -28,6 +28,7 @@ import dagster as dg
 import polars as pl
 
 from hnr_assets.defs.checks import contract_spec, problems_result, quality_spec
+from hnr_assets.defs.execution import each_partition, run_policy
 from hnr_assets.defs.partitions import generator_partitions, recipe_partitions, recipes
 from hnr_assets.defs.training.config import config_class, merge
 from hnr_assets.lib.errors import ConfigError, DataValidationError
@@ -167,6 +168,7 @@ def ce_scores_asset(profile: Profile) -> dg.AssetsDefinition:
         deps=["llm_negatives", "cross_encoder"],
         kinds={"parquet"},
         code_version="1",
+        **run_policy("llm_negatives_ce_scores"),
         check_specs=[contract_spec("llm_negatives_ce_scores", description="One probability in [0, 1] per negative.")],
         description=(
             "Cross-encoder probability of each LLM-written negative and of its pair's positive (partition = "
@@ -268,6 +270,7 @@ def training_sets_asset(profile: Profile) -> dg.AssetsDefinition:
         deps=training_set_deps,
         kinds={"parquet"},
         code_version="1",
+        **run_policy("training_sets"),
         check_specs=[
             contract_spec("training_sets", description="Columns and types, no empty text, split by query."),
             contract_spec("training_sets", "not_positive", "No negative equals its positive (normalised text)."),
@@ -282,7 +285,10 @@ def training_sets_asset(profile: Profile) -> dg.AssetsDefinition:
     def training_sets(
         context: dg.AssetExecutionContext, config: TrainingSetsConfig, storage: StorageResource
     ) -> dg.MaterializeResult:
-        recipe = by_key[context.partition_key]
+        return each_partition(context, lambda key: one_training_set(key, config, storage))
+
+    def one_training_set(key: str, config: dg.Config, storage: StorageResource) -> dg.MaterializeResult:
+        recipe = by_key[key]
         settings = merge(spec.sets, config, f"training_sets[{recipe.key}]")
         where = f"training_sets[{recipe.key}]"
         started = time.perf_counter()
@@ -401,6 +407,7 @@ def base_encoder_asset(profile: Profile) -> dg.AssetsDefinition:
         group_name="training",
         kinds={"pytorch"},
         code_version="1",
+        **run_policy("base_encoder"),
         check_specs=[contract_spec("base_encoder", "loads", "The folder loads with SentenceTransformer and encodes.")],
         description=(
             f"The encoder every recipe fine-tunes ({base.model}), saved as a sentence-transformers folder "
@@ -457,6 +464,7 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
         deps=["training_sets", "base_encoder", "training_pairs"],
         kinds={"pytorch", "mlflow"},
         code_version="1",
+        **run_policy("encoders"),
         check_specs=[
             contract_spec("encoders", description="training.json is complete, the model folder and version exist."),
             quality_spec("encoders", "beats_base", "Best validation nDCG@10 is above the base encoder's."),

@@ -1,0 +1,224 @@
+"""How each asset runs: partitions per backfill run, concurrency pool, declarative automation.
+
+One table (`POLICIES`) says it for every asset; the stages spread `run_policy(name)` into their
+`@dg.asset(...)` and partitioned assets that take several partitions per run loop over them with
+`each_partition`. Jobs and the automation sensor are in `hnr_assets/defs/jobs.py`.
+
+- **Backfill policies.** Cheap partitioned assets (`datasets`, `bm25_scores`, `training_sets`) and
+  `scores`, whose partitions are short when the embedding cache holds the corpus, take up to
+  `PARTITIONS_PER_RUN` partitions per backfill run (one process start and one model/index load instead
+  of eight). Generation, generator weights, cross-encoder scoring of LLM negatives and training take one
+  partition per run: each is minutes to hours, and a failure then costs one partition.
+- **Pool `heavy`.** Generation, cross-encoder mining and scoring, training and dense encoding hold the
+  CPU cores or the GPU of the machine for their whole step. They share the pool `HEAVY_POOL`, limited to
+  one step at a time by the instance (`concurrency.pools.default_limit: 1` in `hnr_assets/dagster.yaml`
+  and `docker/dagster.yaml`; raise it with `dagster instance concurrency set heavy N` on a machine with
+  N GPUs). Cheap assets have no pool and run side by side.
+- **Automation.** Assets downstream of the negative sets carry `refresh_condition()`: when an input
+  changes (a generator's negatives rewritten, a training set rebuilt, an encoder retrained), the
+  dependent partitions are requested, once their inputs are complete, not in progress and have passed
+  their blocking checks. The sensor that evaluates it is off by default (`jobs.py`).
+"""
+
+import hashlib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from pydantic import BaseModel
+
+from hnr_assets.defs.checks import problems_result
+
+# `backfill_policy` is marked beta in Dagster 1.13 (stable in use since 1.5); its warning would be printed
+# for every partitioned asset each time the code location loads.
+warnings.filterwarnings("ignore", message=r"Parameter `backfill_policy` of function `asset`", category=dg.BetaWarning)
+
+HEAVY_POOL = "heavy"
+PARTITIONS_PER_RUN = 8
+# A pending refresh that could not start (an input missing or failing its blocking checks) is dropped at
+# this tick when nothing it depends on is running; so is every update that happened while the sensor was
+# off, if this tick passed in between (see `refresh_condition`).
+REFRESH_EXPIRY_CRON = "0 0 * * *"
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """How one asset runs.
+
+    Attributes:
+        axis: Partition axis (`dataset`, `generator`, `recipe`, `system×dataset`), None when unpartitioned.
+        partitions_per_run: Partitions one backfill run materializes (None when unpartitioned).
+        heavy: Holds the machine's cores or GPU: runs in the `heavy` pool, one step at a time.
+        refresh: Refreshed by declarative automation when its inputs change.
+    """
+
+    axis: str | None
+    partitions_per_run: int | None
+    heavy: bool = False
+    refresh: bool = False
+
+
+POLICIES: dict[str, RunPolicy] = {
+    # datasets
+    "datasets": RunPolicy("dataset", PARTITIONS_PER_RUN),
+    "training_pairs": RunPolicy(None, None),
+    # mining
+    "bm25_index": RunPolicy(None, None),
+    "bm25_negatives": RunPolicy(None, None),
+    "cross_encoder": RunPolicy(None, None),
+    "ce_negatives": RunPolicy(None, None, heavy=True),
+    "bm25_scores": RunPolicy("dataset", PARTITIONS_PER_RUN),
+    # generation
+    "generator_models": RunPolicy("generator", 1, heavy=True),
+    "llm_negatives": RunPolicy("generator", 1, heavy=True),
+    # training
+    "llm_negatives_ce_scores": RunPolicy("generator", 1, heavy=True, refresh=True),
+    "training_sets": RunPolicy("recipe", PARTITIONS_PER_RUN, refresh=True),
+    "base_encoder": RunPolicy(None, None),
+    "encoders": RunPolicy("recipe", 1, heavy=True, refresh=True),
+    # evaluation
+    "scores": RunPolicy("system×dataset", PARTITIONS_PER_RUN, heavy=True, refresh=True),
+    "results": RunPolicy(None, None, refresh=True),
+}
+
+
+def refresh_condition() -> dg.AutomationCondition:
+    """`AutomationCondition.eager()` with the guards the Dagster docs recommend for expensive partitions.
+
+    Requested when a dependency updated (or the partition became missing) since the partition was last
+    requested or updated, and only once no dependency is missing or in progress, the partition itself
+    is not in progress, and no dependency failed a blocking check. (Dagster's "Customizing eager" guide
+    adds `all_deps_blocking_checks_passed()`; that is an `all_deps_match`, which is false for a partition
+    that a dependency maps to no partition at all, as `llm_negatives_ce_scores` does for every recipe but
+    the `-filtered` ones, so it would never refresh those recipes. `~any_deps_match(any check failed)`
+    blocks on the same failures without that gap.)
+
+    A change travels one partitions definition per tick: `llm_negatives[g]` updated requests
+    `llm_negatives_ce_scores[g]`, every training set and every encoder (one backfill; Dagster orders it by
+    dependency); `scores` follow once the encoders have updated and none is in progress, then `results`.
+
+    Guard against a flood of runs: eager acts on every partition that became eligible while its sensor
+    was off, and Dagster's guide "Preventing runs when reactivating a sensor" warns that for expensive
+    workloads (GPU jobs) this "can produce thousands of unwanted runs the moment the sensor turns back
+    on"; it gates dependency updates on a cron tick so that only updates made since the latest tick count
+    (https://docs.dagster.io/guides/automate/declarative-automation/customizing-automation-conditions/preventing-runs-on-reactivation).
+    Here the pending update is reset by `REFRESH_EXPIRY_CRON` (when nothing it waits on is running)
+    as well as by a request, so updates made before a daily tick that passed while the sensor was off
+    are ignored when it is switched back on. The guide's own condition (`any_deps_match(...).newly_true()`)
+    fires on the first updated dependency only, which would refresh a training set after the first of
+    several generators and never after the others; resetting the pending state keeps eager's "wait until
+    all inputs are done". Runs are emitted as one backfill per tick (the sensor's `emit_backfills`), so
+    they follow each asset's backfill policy and the `heavy` pool instead of starting all at once.
+    """
+    ac = dg.AutomationCondition
+    handled = (ac.newly_requested() | ac.newly_updated() | ac.initial_evaluation()).with_label("handled")
+    expired = (ac.cron_tick_passed(REFRESH_EXPIRY_CRON) & ~ac.in_progress() & ~ac.any_deps_in_progress()).with_label(
+        f"expired at {REFRESH_EXPIRY_CRON}"
+    )
+    return (
+        (ac.newly_missing() | ac.any_deps_updated()).since(handled | expired).with_label("inputs changed")
+        & ~ac.any_deps_missing()
+        & ~ac.any_deps_in_progress()
+        & ~ac.in_progress()
+        & ~ac.any_deps_match(ac.any_checks_match(ac.check_failed(), blocking_only=True)).with_label(
+            "any dependency failed a blocking check"
+        )
+    ).with_label("refresh when inputs change")
+
+
+def run_policy(asset: str) -> dict[str, object]:
+    """Keyword arguments of `@dg.asset` for `asset`: `backfill_policy`, `pool`, `automation_condition`."""
+    policy = POLICIES[asset]
+    kwargs: dict[str, object] = {
+        "pool": HEAVY_POOL if policy.heavy else None,
+        "automation_condition": refresh_condition() if policy.refresh else None,
+    }
+    if policy.partitions_per_run:
+        kwargs["backfill_policy"] = dg.BackfillPolicy.multi_run(policy.partitions_per_run)
+    return kwargs
+
+
+def versioned(logic: str, *inputs: object) -> str:
+    """A code version: the hand-bumped version of an asset's logic plus a digest of what else shapes it.
+
+    Dagster shows a partition stale when the code version differs from the one it was materialized
+    with, so a digest of a prompt template file or of profile settings makes editing them visible in the
+    UI (and makes `cli demo` rerun the asset).
+
+    Args:
+        logic: The version of the asset's code, bumped by hand when its logic changes.
+        inputs: Files (`Path`: their bytes), pydantic models (their JSON) or other values (`repr`).
+
+    Returns:
+        `<logic>+<12 hex digits>`.
+    """
+    digest = hashlib.sha256()
+    for item in inputs:
+        if isinstance(item, Path):
+            data = item.read_bytes()
+        elif isinstance(item, BaseModel):
+            data = item.model_dump_json().encode()
+        elif isinstance(item, list | tuple):
+            data = "\n".join(m.model_dump_json() if isinstance(m, BaseModel) else repr(m) for m in item).encode()
+        else:
+            data = repr(item).encode()
+        digest.update(len(data).to_bytes(8, "big") + data)
+    return f"{logic}+{digest.hexdigest()[:12]}"
+
+
+def each_partition(
+    context: dg.AssetExecutionContext, materialize: Callable[[str | dg.MultiPartitionKey], dg.MaterializeResult]
+) -> dg.MaterializeResult:
+    """Materialize every partition of the step: one, or a range when a backfill batches them.
+
+    Each partition's metadata goes to its own materialization (`add_asset_metadata`). Check results
+    are per step in Dagster, so with several partitions each check passes only if it passed for every
+    partition, and its problems name the partition.
+
+    Args:
+        context: The asset's execution context.
+        materialize: Materializes one partition key and returns its result (metadata, check results).
+
+    Returns:
+        The step's result.
+    """
+    keys = context.partition_keys
+    if len(keys) == 1:
+        return materialize(keys[0])
+    results: dict[str, dg.MaterializeResult] = {}
+    for number, key in enumerate(keys, 1):
+        context.log.info(f"partition {key} ({number} of {len(keys)} in this run)")
+        result = materialize(key)
+        context.add_asset_metadata(dict(result.metadata or {}), partition_key=key)
+        results[str(key)] = result
+    return dg.MaterializeResult(check_results=combine_check_results(results))
+
+
+def combine_check_results(results: dict[str, dg.MaterializeResult]) -> list[dg.AssetCheckResult]:
+    """One result per check over several partitions: failed where any partition failed, with its reason."""
+    by_check: dict[str, list[tuple[str, dg.AssetCheckResult]]] = {}
+    for key, result in results.items():
+        for check in result.check_results or []:
+            by_check.setdefault(str(check.check_name), []).append((key, check))
+    combined = []
+    for name, outcomes in by_check.items():
+        failed = [(key, check) for key, check in outcomes if not check.passed]
+        problems = []
+        for key, check in failed:
+            text = check.metadata.get("problems")
+            detail = text.value if isinstance(text, dg.MarkdownMetadataValue) else ""
+            lines = [line.removeprefix("- ") for line in str(detail).splitlines() if line.strip()] or ["failed"]
+            problems += [f"[{key}] {line}" for line in lines]
+        severity = failed[0][1].severity if failed else outcomes[0][1].severity
+        combined.append(
+            problems_result(
+                name,
+                problems,
+                severity=severity,
+                partitions=len(outcomes),
+                partitions_failed=len(failed),
+            )
+        )
+    return combined
