@@ -333,12 +333,15 @@ def _log_to_mlflow(
     if training is not None:
         return log(mlflow.open_run(str(training["mlflow_run_id"])))
     tags = {"hnr/system": system, "hnr/role": "baseline-evaluation", "hnr/profile": profile}
-    found = mlflow.find_run(tags)
-    if found:
-        return log(mlflow.open_run(found))
-    with mlflow.run(f"baseline:{system}", tags=tags) as tracked:
-        tracked.log_params({"system": system})
-        return log(tracked)
+    # Partitions of one baseline on several datasets share its run: find-or-create under a lock, or
+    # two partitions started together would each create one.
+    with mlflow.exclusive(f"baseline:{system}"):
+        found = mlflow.find_run(tags)
+        if found:
+            return log(mlflow.open_run(found))
+        with mlflow.run(f"baseline:{system}", tags=tags) as tracked:
+            tracked.log_params({"system": system})
+            return log(tracked)
 
 
 def _image_md(path: Path, alt: str) -> str:
