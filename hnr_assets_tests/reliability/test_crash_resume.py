@@ -18,6 +18,8 @@ training (`defs/test_training.py`).
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ import polars as pl
 import pytest
 
 from hnr_assets.lib.scores import METRICS
+from hnr_assets.settings import Settings
 from hnr_assets_tests.reliability.conftest import RECIPE, Seeded, materialize
 from hnr_assets_tests.reliability.harness import (
     GENERATOR,
@@ -218,6 +221,17 @@ def test_sigkill_mid_materialization_then_rerun(case: Case, seeded: Seeded, zygo
         assert entries == ["tiny-a-corpus", "tiny-a-queries"]
 
 
+def yaml_bm25(seeded: Seeded, **changes: object) -> dict:
+    """The seeded profile's `bm25` section with `changes`."""
+    import yaml
+
+    return {**yaml.safe_load(seeded.profile.read_text(encoding="utf-8"))["bm25"], **changes}
+
+
+def Settings_from(env: dict) -> Settings:
+    return Settings.from_env(env)
+
+
 def build_mlflow(seeded: Seeded, data_dir: Path):
     from hnr_assets.definitions import build_defs
 
@@ -242,3 +256,88 @@ def test_the_seed_outputs_are_complete(seeded: Seeded) -> None:
     assert pl.read_parquet(root / "scores" / "base-encoder" / "tiny-a" / "per_query.parquet").height == 8
     assert visible_files(root)  # and nothing temporary
     assert tmp_leftovers(seeded.data_dir) == []
+
+
+def _java_children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` and whose command line runs Anserini's indexer."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"IndexCollection" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.slow
+def test_sigkill_while_lucene_indexes_kills_the_jvm_and_the_rerun_matches(
+    seeded: Seeded, zygote, tmp_path: Path
+) -> None:
+    """The Lucene engine indexes in a child JVM: killing the Python process must not leave it running.
+
+    The JVM is frozen (SIGSTOP) as soon as it appears, so that it cannot finish on its own; the Python
+    process is then killed. Without `die_with_parent` the frozen JVM outlived it for good.
+    """
+    import signal
+
+    from hnr_assets.definitions import build_defs
+    from hnr_assets_tests.reliability.harness import MATERIALIZE, PAUSE_PRELUDE, rel_profile
+
+    lucene = yaml_bm25(seeded, backend="pyserini")
+    profile = rel_profile(tmp_path, seeded.server.url, bm25=lucene)
+    reference = copy_root(seeded.data_dir, tmp_path / "reference", drop=(f"{PROFILE}/bm25_index",))
+    data_dir = copy_root(seeded.data_dir, tmp_path / "data", drop=(f"{PROFILE}/bm25_index",))
+    env = {**seeded.env(data_dir), "HNR_PROFILE": str(profile)}
+    ref_settings = Settings_from({**env, "HNR_DATA_DIR": str(reference)})
+    assert materialize(ref_settings, "bm25_index").success
+
+    pid = zygote.spawn(env, [("bm25_index", None)], PAUSE_PRELUDE + MATERIALIZE, tmp_path / "child.log")
+    jvm = None
+    try:
+        deadline = time.monotonic() + 120
+        while not jvm and time.monotonic() < deadline and _alive(pid):
+            jvm = (_java_children(pid) or [None])[0]
+            time.sleep(0.01)
+        assert jvm, f"no indexing JVM appeared:\n{(tmp_path / 'child.log').read_text()[-3000:]}"
+        os.kill(jvm, signal.SIGSTOP)
+        os.kill(pid, signal.SIGKILL)
+        assert zygote.wait(pid) == -9
+        deadline = time.monotonic() + 10
+        while _alive(jvm) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(jvm), "the JVM outlived the killed Python process"
+    finally:
+        if jvm and _alive(jvm):
+            os.kill(jvm, signal.SIGKILL)
+
+    assert not (data_dir / PROFILE / "bm25_index" / "manifest.json").exists()
+    assert tmp_leftovers(data_dir)
+    settings = Settings_from(env)
+    assert materialize(settings, "bm25_index").success
+    assert tmp_leftovers(data_dir) == []
+    ours, ref = (
+        json_without(d / PROFILE / "bm25_index" / "manifest.json", "seconds", "corpus") for d in (data_dir, reference)
+    )
+    assert ours == ref and ours["backend"] == "pyserini" and ours["documents"] == 48
+    # Lucene's files carry segment ids and timestamps; the same index answers the same queries the same way.
+    engine = build_defs(settings).resources["bm25"].engine()
+    queries = (
+        pl.read_parquet(data_dir / PROFILE / "training_pairs" / "pairs.parquet")
+        .select("query_id", pl.col("query").alias("text"))
+        .unique("query_id", maintain_order=True)
+    )
+    hits = [engine.search(engine.open(d / PROFILE / "bm25_index"), queries, 10) for d in (data_dir, reference)]
+    assert hits[0]["query_id"].n_unique() == queries.height and hits[0].equals(hits[1])
