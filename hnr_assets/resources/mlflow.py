@@ -124,9 +124,19 @@ class MlflowResource(dg.ConfigurableResource):
                 os.environ[name] = str(getattr(self, attr))
         from mlflow.tracking import MlflowClient
 
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return MlflowClient(tracking_uri=self.tracking_uri)
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return MlflowClient(tracking_uri=self.tracking_uri)
+        # The client creates and migrates a new SQLite store on first use; two processes doing so at
+        # once break the migration ("duplicate column name", "expected to match one row"), so the
+        # store is opened under a lock file beside it.
+        db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with db.with_name(db.name + ".lock").open("a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                return MlflowClient(tracking_uri=self.tracking_uri)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """Run one tracking call with bounded retries; raise `TrackingError` when it keeps failing."""

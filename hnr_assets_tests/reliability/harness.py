@@ -33,11 +33,12 @@ PROFILE = "rel"
 GENERATOR = "fake-a"
 
 # Pause points, installed in the child before anything runs. Each stops the process for good after
-# writing `marker` (JSON: what it paused in), so that the parent can kill it there.
+# writing `marker` (JSON: what it paused in), so that the parent can kill it there (except `barrier`).
 #   write_parquet: the n-th `DataFrame.write_parquet` whose path contains `match` writes half of the
 #                  file's bytes, then pauses (a write cut off by the kill);
 #   np_save:       the same for `numpy.save`;
-#   after:         pauses right after `module:attribute` returns (the attribute is replaced on its module).
+#   after:         pauses right after `module:attribute` returns (the attribute is replaced on its module);
+#   barrier:       waits before `module:attribute` until `parties` processes are there, then all go on.
 PAUSE_PRELUDE = r"""
 import io, json, os, sys, time, importlib
 from pathlib import Path
@@ -81,6 +82,26 @@ def _install(spec):
             return original(*args, **kwargs)
 
         setattr(owner, name, cut)
+    elif kind == "barrier":
+        # Wait before `module:attribute` runs until `parties` processes have reached it: they then
+        # go on at the same moment (a race provoked on purpose).
+        module_name, attr = spec["target"].split(":")
+        module = importlib.import_module(module_name)
+        obj, parts = module, attr.split(".")
+        for part in parts[:-1]:
+            obj = getattr(obj, part)
+        original = getattr(obj, parts[-1])
+        folder = Path(spec["dir"])
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def gathered(*args, **kwargs):
+            (folder / str(os.getpid())).touch()
+            deadline = time.monotonic() + 120
+            while len(list(folder.iterdir())) < spec["parties"] and time.monotonic() < deadline:
+                time.sleep(0.002)
+            return original(*args, **kwargs)
+
+        setattr(obj, parts[-1], gathered)
     elif kind == "after":
         module_name, attr = spec["target"].split(":")
         module = importlib.import_module(module_name)
