@@ -327,7 +327,10 @@ def package_folder(spec: str) -> Path:
     found = importlib.util.find_spec(package) if package else None
     if found is None or not found.submodule_search_locations:
         raise ConfigError(f"{spec}: package {package!r} is not installed (see the Makefile's MODEL_PKGS)")
-    folder = Path(next(iter(found.submodule_search_locations))) / inner
+    package_root = Path(next(iter(found.submodule_search_locations))).resolve()
+    folder = package_root / inner
+    if not folder.resolve().is_relative_to(package_root):
+        raise ConfigError(f"{spec}: {inner!r} leads outside the package {package!r}")
     if not folder.is_dir():
         raise ConfigError(f"{spec}: {folder} does not exist in the installed package")
     return folder
