@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -79,6 +80,17 @@ def process_gone(run: Any) -> bool:
     return bool(recorded) and _process_start(pid) not in ("", recorded)  # the pid now belongs to another process
 
 
+_KEY_REFUSED = re.compile(r"[^\w./\- :]")
+
+
+def mlflow_key(name: object) -> str:
+    """A param, metric or tag name MLflow accepts: characters outside `\\w . / - : space` become `_`.
+
+    Valid generator keys may hold `+` and `=` (`llm-g+x`), which MLflow refuses in names.
+    """
+    return _KEY_REFUSED.sub("_", str(name))
+
+
 def _quote(value: str) -> str:
     """A value inside a single-quoted MLflow search string."""
     return str(value).replace("\\", "\\\\").replace("'", "\\'")
@@ -122,6 +134,9 @@ class MlflowResource(dg.ConfigurableResource):
         for name, attr in _HTTP_ENV.items():
             if name not in _USER_HTTP_ENV:
                 os.environ[name] = str(getattr(self, attr))
+        # MLflow 3 sends usage telemetry from the client (and keeps an id in ~/.config/mlflow) unless
+        # told not to; hnr turns it off as it does Dagster's (a user who wants it sets the variable).
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow.tracking import MlflowClient
 
         if not self.tracking_uri.startswith("sqlite:///"):
@@ -186,11 +201,11 @@ class MlflowResource(dg.ConfigurableResource):
         """
         client = self.client()
         experiment_id = self.experiment_id()
+        run_tags = {mlflow_key(k): str(v) for k, v in {**owner_tags(), **(tags or {})}.items()}
         with _RUNS_LOCK:  # a sweep never sees a run of this process between its creation and registration
             self.close_orphaned_runs()
             created = self.call(
-                "create a run",
-                lambda: client.create_run(experiment_id, tags={**owner_tags(), **(tags or {})}, run_name=run_name),
+                "create a run", lambda: client.create_run(experiment_id, tags=run_tags, run_name=run_name)
             )
             _OPEN_RUNS.add(created.info.run_id)
         tracked = TrackedRun(self, client, created.info.run_id, experiment_id)
@@ -349,7 +364,7 @@ class TrackedRun:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+        items = [Param(mlflow_key(k), str(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(items), 100):
             chunk = items[start : start + 100]
             self.resource.call("log params", lambda c=chunk: self.client.log_batch(self.run_id, params=c))
@@ -358,7 +373,7 @@ class TrackedRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(str(k), float(v), now, step or 0) for k, v in metrics.items()]
+        items = [Metric(mlflow_key(k), float(v), now, step or 0) for k, v in metrics.items()]
         for start in range(0, len(items), 500):
             chunk = items[start : start + 500]
             self.resource.call("log metrics", lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
@@ -366,7 +381,7 @@ class TrackedRun:
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        items = [RunTag(mlflow_key(k), str(v)) for k, v in tags.items()]
         self.resource.call("set tags", lambda: self.client.log_batch(self.run_id, tags=items))
 
     @property

@@ -29,8 +29,11 @@ from hnr_assets.lib.io import frame_fingerprint
 from hnr_assets.settings import BUILTIN_PROFILES_DIR, Settings
 
 REPO = Path(__file__).resolve().parents[2]
-PROFILE = "rel"
-GENERATOR = "fake-a"
+# Valid but odd names: every stage must carry them (path components, partition keys, MLflow names).
+PROFILE = "Audit_x-1"
+DATASETS = ("v1.0+beta=2", "set_B-x.y")
+GENERATOR = "g.1+x=y"
+RECIPE = f"llm-{GENERATOR}+bm25"
 
 # Pause points, installed in the child before anything runs. Each stops the process for good after
 # writing `marker` (JSON: what it paused in), so that the parent can kill it there (except `barrier`).
@@ -142,9 +145,12 @@ for asset, partition in json.loads(sys.argv[1]):
 
 
 def rel_profile(folder: Path, endpoint: str, **changes: object) -> Path:
-    """The `test` profile with one generator `fake-a` served at `endpoint`; `changes` replace sections."""
+    """The `test` profile renamed `PROFILE`, over `DATASETS`, with one OpenAI-compatible generator `GENERATOR`
+    served at `endpoint`; `changes` replace whole sections."""
     data = yaml.safe_load((BUILTIN_PROFILES_DIR / "test.yaml").read_text(encoding="utf-8"))
     data["name"] = PROFILE
+    data["datasets"] = [{"name": name} for name in DATASETS]
+    data["training_pairs"]["dataset"] = {"name": DATASETS[0]}
     data["generators"] = [
         {
             "key": GENERATOR,
@@ -163,6 +169,32 @@ def rel_profile(folder: Path, endpoint: str, **changes: object) -> Path:
     path = Path(folder) / f"{data['name']}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
+
+
+def hostile_copy(source: Path, target: Path, tag: str) -> Path:
+    """A BEIR folder whose ids look like paths and whose titles hold markup and an escape sequence.
+
+    The relevance structure is `source`'s (each id mapped one to one), so the pipeline behaves the same.
+    """
+    doc = lambda d: f"../{tag}/{d} ü|[0]"  # noqa: E731
+    query = lambda q: f"/abs/{q}?&"  # noqa: E731
+    (target / "qrels").mkdir(parents=True)
+    with (target / "corpus.jsonl").open("w", encoding="utf-8") as out:
+        for line in (source / "corpus.jsonl").read_text(encoding="utf-8").splitlines():
+            obj = json.loads(line)
+            obj["_id"] = doc(obj["_id"])
+            obj["title"] = f"{obj['title']} <script>x()</script> {{{{7*7}}}} | a | \x1b[31m"
+            out.write(json.dumps(obj) + "\n")
+    with (target / "queries.jsonl").open("w", encoding="utf-8") as out:
+        for line in (source / "queries.jsonl").read_text(encoding="utf-8").splitlines():
+            obj = json.loads(line)
+            obj["_id"] = query(obj["_id"])
+            out.write(json.dumps(obj) + "\n")
+    for split in ("train", "test"):
+        rows = (source / "qrels" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
+        lines = [rows[0]] + ["\t".join((query(q), doc(d), g)) for q, d, g in (r.split("\t") for r in rows[1:])]
+        (target / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return target
 
 
 def child_env(profile: Path, data_dir: Path, mirror: Path, **extra: str) -> dict[str, str]:

@@ -3,7 +3,7 @@
 Each case starts two real processes that run `dg.materialize` and meet at a barrier just before the
 step where they share state, so that they race there every time (not by luck of timing):
 
-- two partitions of `scores` for the same baseline system (`base-encoder` on `tiny-a` and `tiny-b`),
+- two partitions of `scores` for the same baseline system (`base-encoder` on both datasets),
   meeting before the baseline's MLflow run is found or created: both datasets' metrics end up in one
   run (before the lock, each process created its own run);
 - the same partition twice (as when a backfill and a manual launch overlap), meeting before the shared
@@ -24,8 +24,10 @@ import polars as pl
 import pytest
 
 from hnr_assets.definitions import build_defs
+from hnr_assets.defs.evaluation.assets import _mlflow_name
 from hnr_assets_tests.reliability.conftest import Seeded
 from hnr_assets_tests.reliability.harness import (
+    DATASETS,
     MATERIALIZE,
     PAUSE_PRELUDE,
     PROFILE,
@@ -58,14 +60,14 @@ def test_two_datasets_of_one_baseline_share_one_mlflow_run(seeded: Seeded, zygot
     data_dir = copy_root(seeded.data_dir, tmp_path / "data", drop=(f"{PROFILE}/scores", "cache/embeddings"))
     mlflow = build_defs(seeded.settings(data_dir)).resources["mlflow"]
     mlflow.experiment_id()  # the store and experiment exist, as after any earlier asset
-    runs = [[("scores", _key("base-encoder", d))] for d in ("tiny-a", "tiny-b")]
+    runs = [[("scores", _key("base-encoder", d))] for d in DATASETS]
     _race(zygote, seeded, data_dir, runs, "hnr_assets.defs.evaluation.assets:_log_to_mlflow", tmp_path)
 
     (run,) = mlflow.find_runs({"hnr/system": "base-encoder", "hnr/role": "baseline-evaluation"}, status=None)
     assert run.info.status == "FINISHED"
-    assert {"eval/tiny-a/ndcg_at_10", "eval/tiny-b/ndcg_at_10"} <= set(run.data.metrics)
+    assert {f"eval/{_mlflow_name(d)}/ndcg_at_10" for d in DATASETS} <= set(run.data.metrics)
     assert mlflow.find_runs({}, status="RUNNING") == []
-    for dataset in ("tiny-a", "tiny-b"):
+    for dataset in DATASETS:
         assert (data_dir / PROFILE / "scores" / "base-encoder" / dataset / "metrics.json").is_file()
     assert len(list((data_dir / "cache" / "embeddings").iterdir())) == 4  # corpus + queries per dataset
     assert tmp_leftovers(data_dir) == [] and unreadable(data_dir) == []
@@ -74,7 +76,7 @@ def test_two_datasets_of_one_baseline_share_one_mlflow_run(seeded: Seeded, zygot
 @pytest.mark.slow
 def test_the_same_partition_twice_at_once(seeded: Seeded, zygote, tmp_path: Path) -> None:
     data_dir = copy_root(seeded.data_dir, tmp_path / "data", drop=(f"{PROFILE}/scores", "cache/embeddings"))
-    key = _key("base-encoder", "tiny-a")
+    key = _key("base-encoder", DATASETS[1])
     _race(
         zygote,
         seeded,
@@ -85,9 +87,9 @@ def test_the_same_partition_twice_at_once(seeded: Seeded, zygote, tmp_path: Path
     )
 
     cache = sorted(p.name.rsplit("-", 1)[0] for p in (data_dir / "cache" / "embeddings").iterdir())
-    assert cache == ["tiny-a-corpus", "tiny-a-queries"]
-    ours = data_dir / PROFILE / "scores" / "base-encoder" / "tiny-a"
-    ref = seeded.root / "scores" / "base-encoder" / "tiny-a"
+    assert cache == [f"{DATASETS[1]}-corpus", f"{DATASETS[1]}-queries"]
+    ours = data_dir / PROFILE / "scores" / "base-encoder" / DATASETS[1]
+    ref = seeded.root / "scores" / "base-encoder" / DATASETS[1]
     names = ("run.parquet", "per_query.parquet")
     assert frames_fingerprint(ours, names) == frames_fingerprint(ref, names)
     assert (

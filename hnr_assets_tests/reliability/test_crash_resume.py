@@ -30,10 +30,12 @@ import pytest
 
 from hnr_assets.lib.scores import METRICS
 from hnr_assets.settings import Settings
-from hnr_assets_tests.reliability.conftest import RECIPE, Seeded, materialize
+from hnr_assets_tests.reliability.conftest import Seeded, materialize
 from hnr_assets_tests.reliability.harness import (
+    DATASETS,
     GENERATOR,
     PROFILE,
+    RECIPE,
     copy_root,
     duplicated,
     files_fingerprint,
@@ -45,7 +47,7 @@ from hnr_assets_tests.reliability.harness import (
     visible_files,
 )
 
-SCORES_KEY = dg.MultiPartitionKey({"system": "base-encoder", "dataset": "tiny-a"})
+SCORES_KEY = dg.MultiPartitionKey({"system": "base-encoder", "dataset": DATASETS[1]})
 PAIRS = 24  # training pairs of the tiny mirror
 
 
@@ -153,20 +155,9 @@ CASES = [
         "scores-embedding-cache",
         "scores",
         SCORES_KEY,
-        "scores/base-encoder/tiny-a",
+        f"scores/base-encoder/{DATASETS[1]}",
         ("run.parquet", "metrics.json"),
-        {"kind": "np_save", "match": ".tiny-a-corpus-", "nth": 1},  # the corpus matrix cut in the cache
-        _scores_content,
-        drop=("cache/embeddings",),
-        slow=True,
-    ),
-    Case(
-        "scores-write",
-        "scores",
-        SCORES_KEY,
-        "scores/base-encoder/tiny-a",
-        ("run.parquet", "metrics.json"),
-        {"kind": "write_parquet", "match": "/.tiny-a.tmp-", "nth": 1},  # run.parquet cut in the score folder
+        {"kind": "np_save", "match": f".{DATASETS[1]}-corpus-", "nth": 1},  # the corpus matrix cut in the cache
         _scores_content,
         drop=("cache/embeddings",),
         slow=True,
@@ -218,7 +209,7 @@ def test_sigkill_mid_materialization_then_rerun(case: Case, seeded: Seeded, zygo
         assert [r.info.run_id for r in mlflow.find_runs({}, status="RUNNING")] == []
     if case.id == "scores-embedding-cache":
         entries = sorted(p.name.rsplit("-", 1)[0] for p in (data_dir / "cache" / "embeddings").iterdir())
-        assert entries == ["tiny-a-corpus", "tiny-a-queries"]
+        assert entries == [f"{DATASETS[1]}-corpus", f"{DATASETS[1]}-queries"]
 
 
 def yaml_bm25(seeded: Seeded, **changes: object) -> dict:
@@ -253,7 +244,7 @@ def test_the_seed_outputs_are_complete(seeded: Seeded) -> None:
     assert llm.height == PAIRS * 5
     assert json.loads((root / "bm25_index" / "manifest.json").read_text())["documents"] == 48
     assert (root / "encoders" / RECIPE / "model" / "model.safetensors").is_file()
-    assert pl.read_parquet(root / "scores" / "base-encoder" / "tiny-a" / "per_query.parquet").height == 8
+    assert pl.read_parquet(root / "scores" / "base-encoder" / DATASETS[1] / "per_query.parquet").height == 8
     assert visible_files(root)  # and nothing temporary
     assert tmp_leftovers(seeded.data_dir) == []
 

@@ -221,6 +221,10 @@ def build_defs(profile: Profile) -> dg.Definitions:
     def results(
         context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
+        import os
+
+        # matplotlib keeps a font cache; under the data root rather than in the user's home.
+        os.environ.setdefault("MPLCONFIGDIR", str(storage.shared_dir("cache", "matplotlib")))
         from hnr_assets.lib import plots
         from hnr_assets.lib import results as lib_results
         from hnr_assets.lib.io import atomic_dir
