@@ -34,6 +34,7 @@ import polars as pl
 from hnr_assets.lib.errors import ConfigError
 from hnr_assets.lib.metrics import evaluate_run
 from hnr_assets.lib.pairs import passage_expr
+from hnr_assets.lib.remote_code import trust_remote_code as check_remote_code
 from hnr_assets.profiles.schema import TrainerSettings
 
 VALIDATION = "validation"
@@ -408,6 +409,7 @@ def train_encoder(
     on_metrics: MetricsSink | None = None,
     log: Callable[[str], None] | None = None,
     device: str | None = None,
+    trust_remote_code: bool = False,
 ) -> TrainingOutcome:
     """Fine-tune the base encoder on `train_rows`; save the best checkpoint to `output_dir`.
 
@@ -423,10 +425,12 @@ def train_encoder(
         on_metrics: Receives (step, metrics) for the base evaluation (step 0) and every log.
         log: Progress messages.
         device: `cpu` or `cuda`; picked when None.
+        trust_remote_code: Run Python code the base encoder ships (refused otherwise).
 
     Returns:
         The outcome (scores, steps, speed).
     """
+    allowed = check_remote_code(base_model_dir, trust_remote_code, "training.base_encoder.trust_remote_code")
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
@@ -436,7 +440,7 @@ def train_encoder(
     say = log or (lambda _msg: None)
     sink = on_metrics or (lambda _step, _metrics: None)
 
-    model = SentenceTransformer(str(base_model_dir), device=device, local_files_only=True)
+    model = SentenceTransformer(str(base_model_dir), device=device, local_files_only=True, trust_remote_code=allowed)
     model.max_seq_length = settings.max_seq_length
     evaluator = make_evaluator(validation, batch_size=settings.eval_batch_size, device=device, precision=precision)
     started = time.perf_counter()

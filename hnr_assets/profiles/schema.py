@@ -202,6 +202,13 @@ class GeneratorSpec(StrictModel):
     seed: int = Field(
         default=0, description="Base seed; each request's seed derives from it, the pair and the attempt."
     )
+    trust_remote_code: bool = Field(
+        default=False,
+        description=(
+            "Run Python code shipped with this generator's model (transformers `trust_remote_code`); "
+            "only for a model you trust."
+        ),
+    )
 
     @model_validator(mode="after")
     def _backend_fields(self) -> GeneratorSpec:
@@ -364,6 +371,13 @@ class CrossEncoderSettings(StrictModel):
     batch_size: int = Field(default=32, ge=1, description="Pairs per forward pass (length-sorted batches).")
     threads: int = Field(default=0, ge=0, description="CPU threads (0: the runtime's default).")
     bf16: bool = Field(default=False, description="PyTorch models only: bfloat16 autocast.")
+    trust_remote_code: bool = Field(
+        default=False,
+        description=(
+            "Run Python code shipped with the cross-encoder (transformers `trust_remote_code`); "
+            "only for a model you trust."
+        ),
+    )
 
 
 class BM25NegativesSettings(StrictModel):
@@ -429,6 +443,14 @@ class BaseEncoderSpec(StrictModel):
         description="Max tokens per text of the saved base model and of every trained encoder (inference).",
     )
     seed: int = Field(default=0, description="Seed of the weights of `tiny-random`.")
+    trust_remote_code: bool = Field(
+        default=False,
+        description=(
+            "Run Python code shipped with the base encoder and every encoder trained from it "
+            "(transformers `trust_remote_code`); "
+            "only for a model you trust."
+        ),
+    )
 
 
 class TrainingSetSettings(StrictModel):

@@ -389,12 +389,15 @@ class TrackedRun:
         run = self.resource.call("get the run", lambda: self.client.get_run(self.run_id))
         return run.info.artifact_uri
 
-    def log_sentence_transformer(self, model_dir: Path, artifact_path: str = "model") -> str:
+    def log_sentence_transformer(
+        self, model_dir: Path, artifact_path: str = "model", trust_remote_code: bool = False
+    ) -> str:
         """Log a sentence-transformers folder as an MLflow model (flavor `sentence_transformers`).
 
         Args:
             model_dir: A folder `SentenceTransformer(model_dir)` loads.
             artifact_path: Where in the run's artifacts.
+            trust_remote_code: Run Python code the model ships (the profile allowed it for the base encoder).
 
         Returns:
             The artifact URI of the logged model (the source of a registered version).
@@ -405,7 +408,9 @@ class TrackedRun:
         import mlflow.sentence_transformers
         from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+        model = SentenceTransformer(
+            str(model_dir), device="cpu", local_files_only=True, trust_remote_code=trust_remote_code
+        )
         # Explicit requirements: MLflow's inference would re-import the model in a subprocess.
         requirements = [
             f"{pkg}=={importlib.metadata.version(pkg)}" for pkg in ("sentence-transformers", "transformers", "torch")

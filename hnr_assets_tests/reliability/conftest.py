@@ -96,16 +96,27 @@ class Seeded:
 
 
 def materialize(settings: Settings, asset: str, partition=None, **kwargs) -> dg.ExecuteInProcessResult:
-    """One asset (partition) in this process, on an ephemeral instance."""
+    """One asset (partition) in this process, on an ephemeral instance, with torch on one thread.
+
+    One thread as in the seed's child (`OMP_NUM_THREADS=1`): float reductions split over two threads
+    sum in another order, and a retrained tiny encoder would then differ from the reference in its last bits.
+    """
+    import torch
+
     defs = build_defs(settings)
-    return dg.materialize(
-        defs.assets,
-        selection=[asset],
-        partition_key=partition,
-        resources=defs.resources,
-        instance=kwargs.pop("instance", None) or dg.DagsterInstance.ephemeral(),
-        **kwargs,
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return dg.materialize(
+            defs.assets,
+            selection=[asset],
+            partition_key=partition,
+            resources=defs.resources,
+            instance=kwargs.pop("instance", None) or dg.DagsterInstance.ephemeral(),
+            **kwargs,
+        )
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -151,7 +151,13 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 training = _read_training_json(encoder_dir / "training.json")
                 model_dir = _require(encoder_dir / "model", f"`encoders` [{system}]")
                 extra.update({f"encoder_{k}": str(training[k]) for k in TRAINING_KEYS if training.get(k) is not None})
-            options = EncodeOptions(settings.max_length, settings.batch_size, settings.precision, settings.device)
+            options = EncodeOptions(
+                settings.max_length,
+                settings.batch_size,
+                settings.precision,
+                settings.device,
+                trust_remote_code=profile.training.base_encoder.trust_remote_code,
+            )
             cache = EmbeddingCache(storage.shared_dir("cache", "embeddings")) if settings.cache_embeddings else None
             outcome = evaluate_dense(
                 model_dir, dataset_dir, dataset, options, top_k=settings.top_k, cache=cache, log=context.log.info
