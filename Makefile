@@ -52,7 +52,7 @@ dev: install
 
 mlflow: install
 	mkdir -p $(HNR_DATA_DIR)/mlflow/artifacts
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host $(HOST) --port $(MLFLOW_PORT) \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow server --host $(HOST) --port $(MLFLOW_PORT) \
 	  --workers 1 --backend-store-uri sqlite:///$(HNR_DATA_DIR)/mlflow/mlflow.db \
 	  --default-artifact-root $(HNR_DATA_DIR)/mlflow/artifacts
 

@@ -43,6 +43,7 @@ def build_resources(settings: Settings, profile: Profile) -> dict[str, object]:
                 str(settings.mlflow_dir / "artifacts") if settings.mlflow_tracking_uri.startswith("sqlite:") else ""
             ),
             ui_url=settings.mlflow_ui_url,
+            lock_dir=str(settings.mlflow_dir / "locks"),
         ),
         "bm25": bm25_resource(profile.bm25, index_cache_dir=str(settings.data_dir / "cache" / "bm25-indexes")),
         "cross_encoder_runtime": cross_encoder_resource(profile.cross_encoder),

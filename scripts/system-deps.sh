@@ -3,7 +3,8 @@
 # this first; so does CI):
 #   chromium         the browser test (hnr_assets_tests/ops/test_browser.py), through Playwright;
 #   fonts-liberation text in its screenshots;
-#   docker-compose   1.29, validates docker/compose.yaml without a Docker engine (test_docker.py).
+#   docker-compose   1.29, validates docker/compose.yaml without a Docker engine (test_docker.py);
+#   strace           records every file the audited pipeline run writes (reliability/test_pipeline_audit.py).
 # --no-install-recommends keeps docker-compose from pulling in the Docker engine (docker.io).
 set -euo pipefail
 
@@ -11,6 +12,7 @@ missing=()
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 [[ -d /usr/share/fonts/truetype/liberation ]] || missing+=(fonts-liberation)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 
 if ((${#missing[@]} == 0)); then
     exit 0

@@ -36,6 +36,7 @@ import numpy as np
 
 from hnr_assets.lib.errors import ConfigError, HnrError
 from hnr_assets.lib.io import atomic_dir, file_sha256
+from hnr_assets.lib.remote_code import trust_remote_code as check_remote_code
 
 MANIFEST = "hnr_cross_encoder.json"
 TINY_RANDOM = "tiny-random"
@@ -210,6 +211,7 @@ class TorchCrossEncoder(CrossEncoderScorer):
         threads: int = 0,
         bf16: bool = False,
         device: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         super().__init__(max_length, batch_size)
         import torch
@@ -220,8 +222,12 @@ class TorchCrossEncoder(CrossEncoderScorer):
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.bf16 = bf16
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.model = AutoModelForSequenceClassification.from_pretrained(str(folder)).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+            .to(self.device)
+            .eval()
+        )
         if self.model.config.num_labels != 1:
             raise HnrError(f"{folder}: num_labels={self.model.config.num_labels}, a cross-encoder has 1 output")
 
@@ -271,6 +277,7 @@ def load_cross_encoder(
     threads: int = 0,
     runtime: str = "auto",
     bf16: bool = False,
+    trust_remote_code: bool = False,
 ) -> CrossEncoderScorer:
     """Load the cross-encoder in `model_dir` (the `cross_encoder` asset's folder, or any model folder).
 
@@ -281,6 +288,8 @@ def load_cross_encoder(
         threads: CPU threads (0: the runtime's default).
         runtime: `auto` (from the files), `onnx` or `torch`.
         bf16: PyTorch only: bfloat16 autocast.
+        trust_remote_code: PyTorch only: run Python code the folder ships (the profile's
+            `cross_encoder.trust_remote_code`); a folder with such code is refused otherwise.
 
     Returns:
         A scorer: `scorer.score(queries, passages) -> np.ndarray` of probabilities in [0, 1].
@@ -295,7 +304,8 @@ def load_cross_encoder(
         raise ConfigError(f"{model_dir} holds a {found} model; runtime {runtime!r} cannot run it")
     if runtime == "onnx":
         return OnnxCrossEncoder(model_dir, max_length, batch_size, threads)
-    return TorchCrossEncoder(model_dir, max_length, batch_size, threads, bf16=bf16)
+    allowed = check_remote_code(model_dir, trust_remote_code, "cross_encoder.trust_remote_code")
+    return TorchCrossEncoder(model_dir, max_length, batch_size, threads, bf16=bf16, trust_remote_code=allowed)
 
 
 def sanity_check(scorer: CrossEncoderScorer, min_gap: float = 0.5) -> tuple[list[str], list[tuple[str, float, float]]]:
@@ -327,7 +337,10 @@ def package_folder(spec: str) -> Path:
     found = importlib.util.find_spec(package) if package else None
     if found is None or not found.submodule_search_locations:
         raise ConfigError(f"{spec}: package {package!r} is not installed (see the Makefile's MODEL_PKGS)")
-    folder = Path(next(iter(found.submodule_search_locations))) / inner
+    package_root = Path(next(iter(found.submodule_search_locations))).resolve()
+    folder = package_root / inner
+    if not folder.resolve().is_relative_to(package_root):
+        raise ConfigError(f"{spec}: {inner!r} leads outside the package {package!r}")
     if not folder.is_dir():
         raise ConfigError(f"{spec}: {folder} does not exist in the installed package")
     return folder

@@ -32,6 +32,7 @@ import polars as pl
 
 from hnr_assets.lib.errors import ConfigError, DataValidationError
 from hnr_assets.lib.io import atomic_dir, check_safe_name, file_sha256
+from hnr_assets.lib.remote_code import trust_remote_code
 
 CACHE_FORMAT = 1
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -48,12 +49,15 @@ class EncodeOptions:
         precision: `fp32`, `bf16` or `fp16` autocast, or `auto` (bf16 where the device supports it
             natively, else fp32).
         device: `cpu`, `cuda`, or `auto` (cuda when available).
+        trust_remote_code: Run Python code the model folder ships (the profile's
+            `training.base_encoder.trust_remote_code`); a folder with such code is refused otherwise.
     """
 
     max_length: int = 256
     batch_size: int = 32
     precision: str = "auto"
     device: str = "auto"
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if self.max_length < 1 or self.batch_size < 1:
@@ -151,7 +155,13 @@ def model_fingerprint(model_dir: Path) -> str:
 def resolve_options(options: EncodeOptions) -> EncodeOptions:
     """The options with `auto` device and precision resolved for this machine."""
     device = resolve_device(options.device)
-    return EncodeOptions(options.max_length, options.batch_size, resolve_precision(options.precision, device), device)
+    return EncodeOptions(
+        options.max_length,
+        options.batch_size,
+        resolve_precision(options.precision, device),
+        device,
+        options.trust_remote_code,
+    )
 
 
 def load_encoder(model_dir: Path, options: EncodeOptions, fingerprint: str | None = None) -> Encoder:
@@ -171,8 +181,9 @@ def load_encoder(model_dir: Path, options: EncodeOptions, fingerprint: str | Non
 
     resolved = resolve_options(options)
     device = resolved.device
+    allowed = trust_remote_code(model_dir, options.trust_remote_code, "training.base_encoder.trust_remote_code")
     try:
-        model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
+        model = SentenceTransformer(str(model_dir), device=device, local_files_only=True, trust_remote_code=allowed)
     except (OSError, ValueError) as exc:
         raise DataValidationError(model_dir, f"cannot load a sentence-transformers model: {exc}") from exc
     model.max_seq_length = options.max_length

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hnr_assets.lib.errors import DownloadError, SourceNotFoundError
+from hnr_assets.lib.remote_code import trust_remote_code as check_remote_code
 
 TINY_RANDOM = "tiny-random"
 PACKAGE_PREFIX = "package:"
@@ -141,15 +142,29 @@ def build_tiny_bert(folder: Path, seed: int = 0, max_positions: int = 128) -> Pa
     return folder
 
 
-def load_sentence_encoder(folder: Path, *, pooling: str, max_seq_length: int, device: str = "cpu"):
-    """A `SentenceTransformer` from a sentence-transformers folder, or a transformers folder plus pooling."""
+def load_sentence_encoder(
+    folder: Path, *, pooling: str, max_seq_length: int, device: str = "cpu", trust_remote_code: bool = False
+):
+    """A `SentenceTransformer` from a sentence-transformers folder, or a transformers folder plus pooling.
+
+    A folder that ships Python code of its own is refused unless `trust_remote_code` (the profile's
+    `training.base_encoder.trust_remote_code`).
+    """
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
+    allowed = check_remote_code(folder, trust_remote_code, "training.base_encoder.trust_remote_code")
     if (folder / "modules.json").is_file():
-        model = SentenceTransformer(str(folder), device=device, local_files_only=True)
+        model = SentenceTransformer(str(folder), device=device, local_files_only=True, trust_remote_code=allowed)
     else:
-        transformer = Transformer(str(folder), max_seq_length=max_seq_length)
+        options = {"trust_remote_code": allowed}
+        transformer = Transformer(
+            str(folder),
+            max_seq_length=max_seq_length,
+            model_kwargs=options,
+            processor_kwargs=options,
+            config_kwargs=options,
+        )
         pool = Pooling(transformer.get_embedding_dimension(), pooling)
         model = SentenceTransformer(modules=[transformer, pool], device=device)
     model.max_seq_length = max_seq_length
@@ -165,6 +180,7 @@ def build_base_encoder(
     pooling: str = "mean",
     max_seq_length: int = 256,
     seed: int = 0,
+    trust_remote_code: bool = False,
 ) -> dict[str, str | int]:
     """Write the base encoder as a sentence-transformers folder.
 
@@ -176,6 +192,7 @@ def build_base_encoder(
         pooling: Pooling for plain transformers checkpoints.
         max_seq_length: Max tokens per text of the saved model.
         seed: Seed of `tiny-random` weights.
+        trust_remote_code: Run Python code the model ships (refused otherwise).
 
     Returns:
         Facts for the asset metadata: source kind and detail, embedding dimension, parameters,
@@ -184,7 +201,9 @@ def build_base_encoder(
     source = resolve_model(model, revision, cache_dir)
     with tempfile.TemporaryDirectory(prefix=".tiny-bert-", dir=target.parent) as scratch:
         folder = source.folder or build_tiny_bert(Path(scratch), seed=seed)
-        encoder = load_sentence_encoder(folder, pooling=pooling, max_seq_length=max_seq_length)
+        encoder = load_sentence_encoder(
+            folder, pooling=pooling, max_seq_length=max_seq_length, trust_remote_code=trust_remote_code
+        )
         encoder.save(str(target))
     backbone = encoder[0].auto_model if hasattr(encoder[0], "auto_model") else encoder[0]
     return {

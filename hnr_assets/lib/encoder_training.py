@@ -35,6 +35,7 @@ from hnr_assets.lib.errors import ConfigError
 from hnr_assets.lib.metrics import evaluate_run
 from hnr_assets.lib.pairs import passage_expr
 from hnr_assets.lib.progress import Progress
+from hnr_assets.lib.remote_code import trust_remote_code as check_remote_code
 from hnr_assets.profiles.schema import TrainerSettings
 
 VALIDATION = "validation"
@@ -422,6 +423,7 @@ def train_encoder(
     log: Callable[[str], None] | None = None,
     device: str | None = None,
     progress_every_seconds: float = 30.0,
+    trust_remote_code: bool = False,
 ) -> TrainingOutcome:
     """Fine-tune the base encoder on `train_rows`; save the best checkpoint to `output_dir`.
 
@@ -439,10 +441,12 @@ def train_encoder(
             step, time left) at most every `progress_every_seconds`.
         device: `cpu` or `cuda`; picked when None.
         progress_every_seconds: Minimum time between two step-progress messages.
+        trust_remote_code: Run Python code the base encoder ships (refused otherwise).
 
     Returns:
         The outcome (scores, steps, speed).
     """
+    allowed = check_remote_code(base_model_dir, trust_remote_code, "training.base_encoder.trust_remote_code")
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
@@ -452,7 +456,7 @@ def train_encoder(
     say = log or (lambda _msg: None)
     sink = on_metrics or (lambda _step, _metrics: None)
 
-    model = SentenceTransformer(str(base_model_dir), device=device, local_files_only=True)
+    model = SentenceTransformer(str(base_model_dir), device=device, local_files_only=True, trust_remote_code=allowed)
     model.max_seq_length = settings.max_seq_length
     evaluator = make_evaluator(validation, batch_size=settings.eval_batch_size, device=device, precision=precision)
     started = time.perf_counter()

@@ -2,16 +2,22 @@
 
 Everything is first written to a hidden temporary sibling of its target (same file system), then
 renamed into place with `os.replace`. A crash leaves at most a `.tmp-*` sibling behind, which the next
-write of the same target removes.
+write of the same target removes. A temporary name carries its writer (host, process id and process
+start time), so a write never removes the temporary of a writer that is still running: two processes
+may write the same target at once (the same partition launched twice, one cache entry wanted by two
+runs); both finish, and the last rename wins.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,15 +63,63 @@ def safe_join(root: Path, *parts: str) -> Path:
     return path
 
 
+_HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+# `.tmp-<host>-<pid>-<process start>-<random>`: who is writing, so that live writers are left alone.
+_OWNER = re.compile(r"\.tmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{12}$")
+# A temporary of another host cannot be checked for a live owner; it is removed once this old.
+FOREIGN_TMP_MAX_AGE_SECONDS = 24 * 3600
+
+
+def _process_start(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (`/proc/<pid>/stat`), or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
 def _tmp_sibling(target: Path) -> Path:
-    return target.with_name(f".{target.name}{_TMP_MARK}{uuid.uuid4().hex[:12]}")
+    pid = os.getpid()
+    owner = f"{_HOST}-{pid}-{_process_start(pid) or 0}"
+    return target.with_name(f".{target.name}{_TMP_MARK}{owner}-{uuid.uuid4().hex[:12]}")
+
+
+def _owner_alive(tmp: Path) -> bool:
+    """Whether the process that created a temporary sibling may still be writing it."""
+    match = _OWNER.search(tmp.name)
+    if match is None:
+        return False  # not named by this module's writers (an older layout): nobody owns it
+    if match["host"] != _HOST:
+        try:
+            return time.time() - tmp.stat().st_mtime < FOREIGN_TMP_MAX_AGE_SECONDS
+        except OSError:
+            return False
+    pid, start = int(match["pid"]), int(match["start"])
+    if not Path("/proc/self/stat").is_file():  # no procfs (macOS): the process id alone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    found = _process_start(pid)
+    if found is None:
+        return False
+    return start == 0 or found == start  # same pid, other start time: the pid was reused, the writer is gone
 
 
 def remove_stale_tmp(target: Path) -> None:
-    """Remove temporary siblings a crashed write of `target` left behind."""
+    """Remove temporary siblings that crashed writes of `target` left behind (never a live writer's)."""
     if not target.parent.is_dir():
         return
     for stale in target.parent.glob(f".{target.name}{_TMP_MARK}*"):
+        if _owner_alive(stale):
+            continue
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:
@@ -98,15 +152,32 @@ def atomic_path(target: Path) -> Iterator[Path]:
         raise
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Swap a finished folder into place; the old one is moved aside, then deleted."""
-    if target.exists():
-        trash = _tmp_sibling(target)
-        os.replace(target, trash)
-        os.replace(tmp, target)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+def _replace_dir(tmp: Path, target: Path, attempts: int = 100) -> None:
+    """Swap a finished folder into place; the old one is moved aside, then deleted.
+
+    Another process may swap its own folder in at the same moment: when the target reappears between
+    the two renames (`ENOTEMPTY`) or vanishes before the first (`ENOENT`), the swap is retried, so
+    both writers finish and the last one wins.
+    """
+    for _ in range(attempts):
+        trash = None
+        if target.exists():
+            trash = _tmp_sibling(target)
+            try:
+                os.replace(target, trash)
+            except FileNotFoundError:  # another writer moved it aside first
+                trash = None
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            continue  # another writer's folder arrived in between: move it aside too
+        finally:
+            if trash is not None:
+                shutil.rmtree(trash, ignore_errors=True)
+        return
+    raise OSError(errno.EBUSY, f"could not swap {tmp} into {target}: other writers kept replacing it")
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import polars as pl
 
+from hnr_assets.lib.children import die_with_parent
 from hnr_assets.lib.errors import ConfigError, HnrError
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,10 @@ def run_anserini(
     cmd += [str(a) for a in args]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w", encoding="utf-8") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)  # noqa: S603 - argv list, no shell
+        # The JVM dies with this process: a killed run leaves no orphan indexing into a dead temporary folder.
+        proc = subprocess.run(  # noqa: S603 - argv list, no shell
+            cmd, stdout=fh, stderr=subprocess.STDOUT, check=False, preexec_fn=die_with_parent()
+        )
     output = log_path.read_text(encoding="utf-8", errors="replace")
     if proc.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-15:])

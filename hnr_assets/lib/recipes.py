@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hnr_assets.lib.errors import ConfigError
 from hnr_assets.lib.io import check_safe_name
 
 
@@ -49,6 +50,8 @@ class Recipe:
 
 # Systems scored besides the trained encoders: BM25 retrieval and the base encoder without fine-tuning.
 BASELINE_SYSTEMS = ("bm25-retrieval", "base-encoder")
+# The longest generator key whose recipe keys (`llm-<key>-filtered`) are still valid 128-character names.
+GENERATOR_KEY_MAX = 128 - len("llm-") - len("-filtered")
 
 
 def system_keys(generator_keys: list[str]) -> list[str]:
@@ -88,4 +91,12 @@ def derive_recipes(generator_keys: list[str], *, include_filtered: bool = True) 
             recipes.append(Recipe("all-llms-filtered", tuple(llms), ce_filtered=True, in_study=False))
     for recipe in recipes:
         check_safe_name(recipe.key, "recipe key")
+    seen: dict[str, Recipe] = {}
+    for recipe in recipes:
+        if recipe.key in seen:
+            raise ConfigError(
+                f"recipe key {recipe.key!r} would mean both {seen[recipe.key].sources} and {recipe.sources}; "
+                "rename one of the generators (a key must not end in '+bm25', '+ce' or '-filtered' of another)"
+            )
+        seen[recipe.key] = recipe
     return recipes

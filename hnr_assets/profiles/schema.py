@@ -14,7 +14,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from hnr_assets.lib.download import BEIR_MD5, beir_url
 from hnr_assets.lib.errors import ConfigError
 from hnr_assets.lib.io import check_safe_name
-from hnr_assets.lib.recipes import system_keys
+from hnr_assets.lib.names import check_model_reference, check_revision, check_url
+from hnr_assets.lib.recipes import GENERATOR_KEY_MAX, system_keys
 
 
 def _dataset_name(value: str) -> str:
@@ -24,7 +25,23 @@ def _dataset_name(value: str) -> str:
         raise ValueError(str(exc)) from None
 
 
+def _as_value_error(check, *args, **kwargs):
+    """Run a `lib.names` check; its ConfigError becomes the ValueError pydantic reports with the key."""
+
+    def validate(value):
+        try:
+            return check(value, *args, **kwargs)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    return AfterValidator(validate)
+
+
 DatasetName = Annotated[str, AfterValidator(_dataset_name)]
+SplitName = Annotated[str, _as_value_error(check_safe_name, "qrels split")]
+Revision = Annotated[str | None, _as_value_error(check_revision, "hub revision")]
+DownloadUrl = Annotated[str | None, _as_value_error(check_url, "download url")]
+MD5 = Annotated[str | None, Field(pattern=r"^[0-9a-fA-F]{32}$")]
 
 
 class StrictModel(BaseModel):
@@ -43,12 +60,12 @@ class DatasetSpec(StrictModel):
     path: Path | None = Field(
         default=None, description="A local BEIR-layout folder (absolute, or relative to the profile file)."
     )
-    url: str | None = Field(
+    url: DownloadUrl = Field(
         default=None,
-        description="Zip archive to download when neither mirror nor path has it; BEIR's URL by default.",
+        description="Zip archive (http/https) to download when neither mirror nor path has it; BEIR's URL by default.",
     )
-    md5: str | None = Field(default=None, description="Published md5 of the archive; BEIR's by default.")
-    split: str = Field(default="test", pattern=r"^[A-Za-z0-9_.-]+$", description="Qrels split to use.")
+    md5: MD5 = Field(default=None, description="Published md5 of the archive; BEIR's by default.")
+    split: SplitName = Field(default="test", description="Qrels split to use.")
 
     @field_validator("path")
     @classmethod
@@ -71,7 +88,7 @@ class TrainingPairsSpec(StrictModel):
     """The (query, positive passage) pairs the encoders are trained on, and their corpus."""
 
     dataset: DatasetSpec = Field(description="Source dataset of the pairs (its corpus is mined for negatives).")
-    split: str = Field(default="train", pattern=r"^[A-Za-z0-9_.-]+$", description="Qrels split of the pairs.")
+    split: SplitName = Field(default="train", description="Qrels split of the pairs.")
     max_pairs: int | None = Field(
         default=None, gt=0, description="Keep a seeded random sample of at most this many pairs."
     )
@@ -80,7 +97,24 @@ class TrainingPairsSpec(StrictModel):
 
 def _generator_key(value: str) -> str:
     try:
-        return check_safe_name(value, "generator key")
+        check_safe_name(value, "generator key")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    if len(value) > GENERATOR_KEY_MAX:
+        raise ValueError(
+            f"generator key {value!r} has {len(value)} characters; at most {GENERATOR_KEY_MAX}, so that its "
+            "recipe keys (`llm-<key>-filtered`, ...) stay valid names"
+        )
+    return value
+
+
+def _generator_model(spec: GeneratorSpec) -> str:
+    if spec.backend == "openai":  # the name the server serves: not a path, only sent in requests
+        if not spec.model.strip() or any(ord(c) < 32 for c in spec.model):
+            raise ValueError(f"generator {spec.key!r}: model {spec.model!r} is empty or has control characters")
+        return spec.model
+    try:
+        return check_model_reference(spec.model, f"generator {spec.key!r} model")
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
 
@@ -168,11 +202,19 @@ class GeneratorSpec(StrictModel):
     seed: int = Field(
         default=0, description="Base seed; each request's seed derives from it, the pair and the attempt."
     )
+    trust_remote_code: bool = Field(
+        default=False,
+        description=(
+            "Run Python code shipped with this generator's model (transformers `trust_remote_code`); "
+            "only for a model you trust."
+        ),
+    )
 
     @model_validator(mode="after")
     def _backend_fields(self) -> GeneratorSpec:
         if self.backend != "openai" and self.endpoint:
             raise ValueError(f"generator {self.key!r}: endpoint is only used by backend 'openai'")
+        object.__setattr__(self, "model", _generator_model(self))
         from hnr_assets.lib.negatives import NEGATIVES_PER_PAIR
         from hnr_assets.lib.prompts import load_prompt
 
@@ -319,16 +361,23 @@ class BM25Settings(StrictModel):
 class CrossEncoderSettings(StrictModel):
     """The cross-encoder that re-ranks BM25 candidates (`ce_negatives`) and filters LLM negatives."""
 
-    model: str = Field(
+    model: Annotated[str, _as_value_error(check_model_reference, "cross_encoder.model", package_folder=True)] = Field(
         default="cross-encoder/ms-marco-MiniLM-L-6-v2",
         description="Hugging Face hub id, `package:<dist>/<folder>` (files inside an installed package), "
         "an absolute folder, or `tiny-random` (tests).",
     )
-    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit); None: main.")
+    revision: Revision = Field(default=None, description="Hub revision (branch, tag or commit); None: main.")
     max_length: int = Field(default=256, ge=8, le=512, description="Tokens per (query, passage) pair.")
     batch_size: int = Field(default=32, ge=1, description="Pairs per forward pass (length-sorted batches).")
     threads: int = Field(default=0, ge=0, description="CPU threads (0: the runtime's default).")
     bf16: bool = Field(default=False, description="PyTorch models only: bfloat16 autocast.")
+    trust_remote_code: bool = Field(
+        default=False,
+        description=(
+            "Run Python code shipped with the cross-encoder (transformers `trust_remote_code`); "
+            "only for a model you trust."
+        ),
+    )
 
 
 class BM25NegativesSettings(StrictModel):
@@ -376,7 +425,7 @@ class MiningSettings(StrictModel):
 class BaseEncoderSpec(StrictModel):
     """The encoder every recipe starts from (asset `base_encoder`)."""
 
-    model: str = Field(
+    model: Annotated[str, _as_value_error(check_model_reference, "training.base_encoder.model")] = Field(
         default="distilbert-base-uncased",
         description=(
             "A model hub id (e.g. `distilbert-base-uncased`, downloaded), `package:<distribution>` (weights "
@@ -384,7 +433,7 @@ class BaseEncoderSpec(StrictModel):
             "run, for tests), or an absolute path to a sentence-transformers or transformers folder."
         ),
     )
-    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) to download.")
+    revision: Revision = Field(default=None, description="Hub revision (branch, tag or commit) to download.")
     pooling: Literal["mean", "cls", "max"] = Field(
         default="mean", description="Pooling added when the model is a plain transformers checkpoint."
     )
@@ -394,6 +443,14 @@ class BaseEncoderSpec(StrictModel):
         description="Max tokens per text of the saved base model and of every trained encoder (inference).",
     )
     seed: int = Field(default=0, description="Seed of the weights of `tiny-random`.")
+    trust_remote_code: bool = Field(
+        default=False,
+        description=(
+            "Run Python code shipped with the base encoder and every encoder trained from it "
+            "(transformers `trust_remote_code`); "
+            "only for a model you trust."
+        ),
+    )
 
 
 class TrainingSetSettings(StrictModel):
@@ -519,7 +576,10 @@ class Profile(StrictModel):
         dups = sorted({k for k in keys if keys.count(k) > 1})
         if dups:
             raise ValueError(f"generator keys must be unique; repeated: {', '.join(dups)}")
-        systems = system_keys(keys)
+        try:
+            systems = system_keys(keys)
+        except ConfigError as exc:  # e.g. two generators whose recipe keys collide
+            raise ValueError(str(exc)) from None
         named = [("evaluation.significance.baseline", self.evaluation.significance.baseline)]
         named += [(f"evaluation.references.{i}.system", r.system) for i, r in enumerate(self.evaluation.references)]
         for where, system in named:

@@ -22,6 +22,7 @@ class CrossEncoderResource(dg.ConfigurableResource):
     batch_size: int = Field(default=32, description="Pairs per forward pass.")
     threads: int = Field(default=0, description="CPU threads (0: runtime default).")
     bf16: bool = Field(default=False, description="bfloat16 autocast (PyTorch models).")
+    trust_remote_code: bool = Field(default=False, description="Run Python code the model ships (PyTorch models).")
 
     def fetch(self, target: Path, log=None) -> dict:
         """Download, copy or build the model into `target`; returns its manifest."""
@@ -37,7 +38,12 @@ class CrossEncoderResource(dg.ConfigurableResource):
     def load(self, model_dir: Path) -> CrossEncoderScorer:
         """A scorer for the model in `model_dir`, with this resource's runtime settings."""
         return load_cross_encoder(
-            model_dir, max_length=self.max_length, batch_size=self.batch_size, threads=self.threads, bf16=self.bf16
+            model_dir,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            threads=self.threads,
+            bf16=self.bf16,
+            trust_remote_code=self.trust_remote_code,
         )
 
 
@@ -49,4 +55,5 @@ def cross_encoder_resource(settings: CrossEncoderSettings) -> CrossEncoderResour
         batch_size=settings.batch_size,
         threads=settings.threads,
         bf16=settings.bf16,
+        trust_remote_code=settings.trust_remote_code,
     )

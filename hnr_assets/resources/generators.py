@@ -46,6 +46,7 @@ from hnr_assets.lib.backends import (
     vllm_sampling_kwargs,
 )
 from hnr_assets.lib.errors import ConfigError
+from hnr_assets.lib.remote_code import trust_remote_code
 
 log = logging.getLogger(__name__)
 LogFn = Callable[[str], None]
@@ -109,6 +110,7 @@ class TransformersEngine:
         device: str = "auto",
         precision: str = "auto",
         log: LogFn = log.info,
+        trust_remote_code: bool = False,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -118,11 +120,15 @@ class TransformersEngine:
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         weights_dtype, self.autocast = self._precision(torch, precision)
         started = time.perf_counter()
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=weights_dtype).to(self.device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(model_dir, dtype=weights_dtype, trust_remote_code=trust_remote_code)
+            .to(self.device)
+            .eval()
+        )
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos:
@@ -226,6 +232,9 @@ class TransformersBackend(GeneratorBackend):
                 device=self.device,
                 precision=self.precision,
                 log=log,
+                trust_remote_code=trust_remote_code(
+                    model_dir, spec.trust_remote_code, f"generators[{spec.key}].trust_remote_code"
+                ),
             )
             try:
                 yield engine
@@ -344,8 +353,15 @@ class VllmBackend(GeneratorBackend):
 
     @contextlib.contextmanager
     def engine(self, spec: Any, model_dir: Path | None, log: LogFn = log.info) -> Iterator[VllmEngine]:
+        allowed = spec.trust_remote_code
+        if model_dir is not None:
+            trust_remote_code(model_dir, allowed, f"generators[{spec.key}].trust_remote_code")
         engine = VllmEngine(
-            model_dir or spec.model, sampling_of(spec), spec.chat_template_kwargs, self.llm_kwargs(), log
+            model_dir or spec.model,
+            sampling_of(spec),
+            spec.chat_template_kwargs,
+            {**self.llm_kwargs(), "trust_remote_code": allowed},
+            log,
         )
         try:
             yield engine

@@ -3,13 +3,24 @@
 The embedded default is a SQLite store with artifacts under the data root; `MLFLOW_TRACKING_URI`
 points it at a server instead. Calls to the tracking store are retried with bounded backoff, and a
 store that stays unreachable is an `HnrError` naming the URI.
+
+Every run is tagged with the host and process that opened it (`hnr/host`, `hnr/pid`,
+`hnr/pid_start`). A run can stay RUNNING only when its process could not close it: the process was
+killed, or the tracking server was down when the run failed. Before opening a run, the resource
+closes (marks FAILED, with a reason) every RUNNING run of the experiment whose process on this host
+is gone, or that this process opened and no longer holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import logging
 import os
+import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +33,62 @@ from hnr_assets.lib.errors import HnrError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# MLflow's HTTP limits, read from the environment by its client. The ones the user set win; the others
+# come from the resource's config (a later resource with other limits replaces an earlier one's).
+_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "http_retries", "MLFLOW_HTTP_REQUEST_TIMEOUT": "http_timeout_seconds"}
+_USER_HTTP_ENV = frozenset(name for name in _HTTP_ENV if name in os.environ)
+# Runs this process has open; a RUNNING run tagged with this process and not in here was left behind.
+_OPEN_RUNS: set[str] = set()
+_RUNS_LOCK = threading.Lock()
+HOST = socket.gethostname()
+
+
+def _process_start(pid: int) -> str:
+    """Start time of a process (clock ticks since boot) as a string, "" when unknown; tells reused pids apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming the process that opens a run (`hnr/host`, `hnr/pid`, `hnr/pid_start`)."""
+    pid = os.getpid()
+    return {"hnr/host": HOST, "hnr/pid": str(pid), "hnr/pid_start": _process_start(pid)}
+
+
+def process_gone(run: Any) -> bool:
+    """Whether the process that opened `run` (by its owner tags) has ended or no longer holds the run.
+
+    Only runs of this host are judged; a run of another host (or without owner tags) is never stale here.
+    """
+    tags = run.data.tags
+    if tags.get("hnr/host") != HOST or not tags.get("hnr/pid", "").isdigit():
+        return False
+    pid = int(tags["hnr/pid"])
+    if pid == os.getpid():
+        return run.info.run_id not in _OPEN_RUNS
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    recorded = tags.get("hnr/pid_start", "")
+    return bool(recorded) and _process_start(pid) not in ("", recorded)  # the pid now belongs to another process
+
+
+_KEY_REFUSED = re.compile(r"[^\w./\- :]")
+
+
+def mlflow_key(name: object) -> str:
+    """A param, metric or tag name MLflow accepts: characters outside `\\w . / - : space` become `_`.
+
+    Valid generator keys may hold `+` and `=` (`llm-g+x`), which MLflow refuses in names.
+    """
+    return _KEY_REFUSED.sub("_", str(name))
 
 
 def _quote(value: str) -> str:
@@ -54,19 +121,37 @@ class MlflowResource(dg.ConfigurableResource):
     backoff_seconds: float = Field(default=1.0, ge=0.0, description="Base of the exponential backoff.")
     http_timeout_seconds: int = Field(default=30, gt=0, description="MLflow's own HTTP timeout per request.")
     http_retries: int = Field(default=1, ge=0, description="MLflow's own HTTP retries per request (ours wrap them).")
+    lock_dir: str = Field(
+        default="",
+        description="Folder of the lock files that serialise find-or-create of shared runs (default: the temp folder).",
+    )
 
     # ------------------------------------------------------------------------------------ plumbing
 
     def client(self):
         # MLflow reads its HTTP limits from the environment; its defaults (7 retries, 120 s) would
         # hide an unreachable server for many minutes. A value the user set wins.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(self.http_retries))
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(self.http_timeout_seconds))
+        for name, attr in _HTTP_ENV.items():
+            if name not in _USER_HTTP_ENV:
+                os.environ[name] = str(getattr(self, attr))
+        # MLflow 3 sends usage telemetry from the client (and keeps an id in ~/.config/mlflow) unless
+        # told not to; hnr turns it off as it does Dagster's (a user who wants it sets the variable).
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow.tracking import MlflowClient
 
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return MlflowClient(tracking_uri=self.tracking_uri)
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return MlflowClient(tracking_uri=self.tracking_uri)
+        # The client creates and migrates a new SQLite store on first use; two processes doing so at
+        # once break the migration ("duplicate column name", "expected to match one row"), so the
+        # store is opened under a lock file beside it.
+        db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with db.with_name(db.name + ".lock").open("a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                return MlflowClient(tracking_uri=self.tracking_uri)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """Run one tracking call with bounded retries; raise `TrackingError` when it keeps failing."""
@@ -116,21 +201,58 @@ class MlflowResource(dg.ConfigurableResource):
         """
         client = self.client()
         experiment_id = self.experiment_id()
-        created = self.call(
-            "create a run",
-            lambda: client.create_run(experiment_id, tags=dict(tags or {}), run_name=run_name),
-        )
+        run_tags = {mlflow_key(k): str(v) for k, v in {**owner_tags(), **(tags or {})}.items()}
+        with _RUNS_LOCK:  # a sweep never sees a run of this process between its creation and registration
+            self.close_orphaned_runs()
+            created = self.call(
+                "create a run", lambda: client.create_run(experiment_id, tags=run_tags, run_name=run_name)
+            )
+            _OPEN_RUNS.add(created.info.run_id)
         tracked = TrackedRun(self, client, created.info.run_id, experiment_id)
         try:
             yield tracked
         except BaseException:
-            # A failed run registers nothing: versions it created are removed before it is closed.
+            # A failed run registers nothing: versions it created are removed before it is closed. When
+            # the store is unreachable now, the run stays RUNNING until the next run's sweep closes it.
             with contextlib.suppress(TrackingError):
                 self.delete_model_versions(tracked.run_id)
             with contextlib.suppress(TrackingError):
                 self.call("mark the run FAILED", lambda: client.set_terminated(tracked.run_id, "FAILED"))
             raise
+        finally:
+            _OPEN_RUNS.discard(tracked.run_id)
         self.call("mark the run FINISHED", lambda: client.set_terminated(tracked.run_id, "FINISHED"))
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold a lock shared by every process of this host (and of hosts sharing `lock_dir`) for `name`.
+
+        For find-or-create of a run that several partitions log to (e.g. a baseline's evaluation run):
+        without it, two partitions started together both find nothing and both create the run.
+        """
+        import tempfile
+
+        folder = Path(self.lock_dir) if self.lock_dir else Path(tempfile.gettempdir()) / "hnr-mlflow-locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        key = hashlib.sha256(f"{self.tracking_uri}\0{self.experiment}\0{name}".encode()).hexdigest()[:24]
+        with (folder / f"{key}.lock").open("a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def close_orphaned_runs(self) -> list[str]:
+        """Mark FAILED the RUNNING runs of the experiment whose process on this host is gone (`process_gone`).
+
+        Returns:
+            Ids of the runs closed.
+        """
+        return self.close_stale_runs(
+            {"hnr/host": HOST},
+            process_gone,
+            reason="its process ended (or lost the tracking server) without closing it; closed by the next run",
+        )
 
     # ------------------------------------------------------------------------------------ stale runs
 
@@ -242,7 +364,7 @@ class TrackedRun:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+        items = [Param(mlflow_key(k), str(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(items), 100):
             chunk = items[start : start + 100]
             self.resource.call("log params", lambda c=chunk: self.client.log_batch(self.run_id, params=c))
@@ -251,7 +373,7 @@ class TrackedRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(str(k), float(v), now, step or 0) for k, v in metrics.items()]
+        items = [Metric(mlflow_key(k), float(v), now, step or 0) for k, v in metrics.items()]
         for start in range(0, len(items), 500):
             chunk = items[start : start + 500]
             self.resource.call("log metrics", lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
@@ -259,7 +381,7 @@ class TrackedRun:
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        items = [RunTag(mlflow_key(k), str(v)) for k, v in tags.items()]
         self.resource.call("set tags", lambda: self.client.log_batch(self.run_id, tags=items))
 
     @property
@@ -267,12 +389,15 @@ class TrackedRun:
         run = self.resource.call("get the run", lambda: self.client.get_run(self.run_id))
         return run.info.artifact_uri
 
-    def log_sentence_transformer(self, model_dir: Path, artifact_path: str = "model") -> str:
+    def log_sentence_transformer(
+        self, model_dir: Path, artifact_path: str = "model", trust_remote_code: bool = False
+    ) -> str:
         """Log a sentence-transformers folder as an MLflow model (flavor `sentence_transformers`).
 
         Args:
             model_dir: A folder `SentenceTransformer(model_dir)` loads.
             artifact_path: Where in the run's artifacts.
+            trust_remote_code: Run Python code the model ships (the profile allowed it for the base encoder).
 
         Returns:
             The artifact URI of the logged model (the source of a registered version).
@@ -283,7 +408,9 @@ class TrackedRun:
         import mlflow.sentence_transformers
         from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+        model = SentenceTransformer(
+            str(model_dir), device="cpu", local_files_only=True, trust_remote_code=trust_remote_code
+        )
         # Explicit requirements: MLflow's inference would re-import the model in a subprocess.
         requirements = [
             f"{pkg}=={importlib.metadata.version(pkg)}" for pkg in ("sentence-transformers", "transformers", "torch")

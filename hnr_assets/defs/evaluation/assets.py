@@ -156,7 +156,13 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 training = _read_training_json(encoder_dir / "training.json")
                 model_dir = _require(encoder_dir / "model", f"`encoders` [{system}]")
                 extra.update({f"encoder_{k}": str(training[k]) for k in TRAINING_KEYS if training.get(k) is not None})
-            options = EncodeOptions(settings.max_length, settings.batch_size, settings.precision, settings.device)
+            options = EncodeOptions(
+                settings.max_length,
+                settings.batch_size,
+                settings.precision,
+                settings.device,
+                trust_remote_code=profile.training.base_encoder.trust_remote_code,
+            )
             cache = EmbeddingCache(storage.shared_dir("cache", "embeddings")) if settings.cache_embeddings else None
             outcome = evaluate_dense(
                 model_dir, dataset_dir, dataset, options, top_k=settings.top_k, cache=cache, log=context.log.info
@@ -227,6 +233,10 @@ def build_defs(profile: Profile) -> dg.Definitions:
     def results(
         context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
+        import os
+
+        # matplotlib keeps a font cache; under the data root rather than in the user's home.
+        os.environ.setdefault("MPLCONFIGDIR", str(storage.shared_dir("cache", "matplotlib")))
         from hnr_assets.lib import plots
         from hnr_assets.lib import results as lib_results
         from hnr_assets.lib.io import atomic_dir
@@ -339,12 +349,15 @@ def _log_to_mlflow(
     if training is not None:
         return log(mlflow.open_run(str(training["mlflow_run_id"])))
     tags = {"hnr/system": system, "hnr/role": "baseline-evaluation", "hnr/profile": profile}
-    found = mlflow.find_run(tags)
-    if found:
-        return log(mlflow.open_run(found))
-    with mlflow.run(f"baseline:{system}", tags=tags) as tracked:
-        tracked.log_params({"system": system})
-        return log(tracked)
+    # Partitions of one baseline on several datasets share its run: find-or-create under a lock, or
+    # two partitions started together would each create one.
+    with mlflow.exclusive(f"baseline:{system}"):
+        found = mlflow.find_run(tags)
+        if found:
+            return log(mlflow.open_run(found))
+        with mlflow.run(f"baseline:{system}", tags=tags) as tracked:
+            tracked.log_params({"system": system})
+            return log(tracked)
 
 
 def _image_md(path: Path, alt: str) -> str:

@@ -430,11 +430,12 @@ def base_encoder_asset(profile: Profile) -> dg.AssetsDefinition:
                 pooling=base.pooling,
                 max_seq_length=base.max_seq_length,
                 seed=base.seed,
+                trust_remote_code=base.trust_remote_code,
             )
             (tmp / "base_encoder.json").write_text(
                 json.dumps({"model": base.model, "revision": base.revision, **info}, indent=2), encoding="utf-8"
             )
-        problems = _load_problems(target / "model", int(info["dimension"]))
+        problems = _load_problems(target / "model", int(info["dimension"]), base.trust_remote_code)
         return dg.MaterializeResult(
             metadata={
                 **{k: v for k, v in info.items() if k != "source_detail"},
@@ -564,6 +565,7 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
                     save_max_seq_length=int(base_info["max_seq_length"]),
                     on_metrics=lambda step, metrics: run.log_metrics(dict(metrics), step=step),
                     log=lambda msg: context.log.info(f"{where}: {msg}"),
+                    trust_remote_code=profile.training.base_encoder.trust_remote_code,
                 )
                 shutil.rmtree(tmp / "_work", ignore_errors=True)
                 summary = {
@@ -576,7 +578,9 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
                 }
                 run.log_metrics({f"final.{k}": float(v) for k, v in summary.items()}, step=outcome.global_step)
                 run.set_tags({"hnr/precision": outcome.precision, "hnr/device": outcome.device})
-                source = run.log_sentence_transformer(tmp / "model")
+                source = run.log_sentence_transformer(
+                    tmp / "model", trust_remote_code=profile.training.base_encoder.trust_remote_code
+                )
                 version = run.register_model(
                     registered_name,
                     source,
@@ -657,12 +661,14 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
     return encoders
 
 
-def _load_problems(model_dir: Path, dimension: int) -> list[str]:
+def _load_problems(model_dir: Path, dimension: int, trust_remote_code: bool = False) -> list[str]:
     """The base encoder folder loads and encodes a sentence to a vector of the recorded dimension."""
     from sentence_transformers import SentenceTransformer
 
     try:
-        model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+        model = SentenceTransformer(
+            str(model_dir), device="cpu", local_files_only=True, trust_remote_code=trust_remote_code
+        )
         vector = model.encode(["a query about hard negatives"])
     except (OSError, ValueError, RuntimeError) as exc:
         return [f"{model_dir} does not load: {exc}"]
