@@ -149,7 +149,8 @@ def versioned(logic: str, *inputs: object) -> str:
 
     Args:
         logic: The version of the asset's code, bumped by hand when its logic changes.
-        inputs: Files (`Path`: their bytes), pydantic models (their JSON) or other values (`repr`).
+        inputs: Files (`Path`: their bytes), pydantic models (their JSON without default values, so that a
+            new setting added with a default leaves existing outputs current) or other values (`repr`).
 
     Returns:
         `<logic>+<12 hex digits>`.
@@ -159,9 +160,11 @@ def versioned(logic: str, *inputs: object) -> str:
         if isinstance(item, Path):
             data = item.read_bytes()
         elif isinstance(item, BaseModel):
-            data = item.model_dump_json().encode()
+            data = item.model_dump_json(exclude_defaults=True).encode()
         elif isinstance(item, list | tuple):
-            data = "\n".join(m.model_dump_json() if isinstance(m, BaseModel) else repr(m) for m in item).encode()
+            data = "\n".join(
+                m.model_dump_json(exclude_defaults=True) if isinstance(m, BaseModel) else repr(m) for m in item
+            ).encode()
         else:
             data = repr(item).encode()
         digest.update(len(data).to_bytes(8, "big") + data)
