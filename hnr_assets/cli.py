@@ -75,16 +75,6 @@ def is_up_to_date(
     return True
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def release_dead_demo_runs(instance) -> list[str]:
     """Mark FAILED the demo runs whose process died (SIGKILL, OOM) and free their concurrency slots.
 
@@ -98,6 +88,8 @@ def release_dead_demo_runs(instance) -> list[str]:
     import dagster as dg
     from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
+    from hnr_assets.lib.io import pid_alive
+
     host = socket.gethostname()
     released = []
     runs = instance.get_runs(
@@ -108,7 +100,7 @@ def release_dead_demo_runs(instance) -> list[str]:
     )
     for run in runs:
         pid = int(run.tags.get("hnr/pid", "0") or 0)
-        if not pid or pid == os.getpid() or _pid_alive(pid):
+        if not pid or pid == os.getpid() or pid_alive(pid):
             continue
         instance.report_run_failed(run, f"its process {pid} on {host} ended without finishing the run")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)

@@ -88,6 +88,17 @@ def _tmp_sibling(target: Path) -> Path:
     return target.with_name(f".{target.name}{_TMP_MARK}{owner}-{uuid.uuid4().hex[:12]}")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _owner_alive(tmp: Path) -> bool:
     """Whether the process that created a temporary sibling may still be writing it."""
     match = _OWNER.search(tmp.name)
@@ -100,13 +111,7 @@ def _owner_alive(tmp: Path) -> bool:
             return False
     pid, start = int(match["pid"]), int(match["start"])
     if not Path("/proc/self/stat").is_file():  # no procfs (macOS): the process id alone
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(pid)
     found = _process_start(pid)
     if found is None:
         return False

@@ -32,7 +32,7 @@ from hnr_assets.defs.execution import each_partition, run_policy
 from hnr_assets.defs.partitions import generator_partitions, recipe_partitions, recipes
 from hnr_assets.defs.training.config import config_class, merge
 from hnr_assets.lib.errors import ConfigError, DataValidationError
-from hnr_assets.lib.io import atomic_dir, file_sha256, frame_fingerprint
+from hnr_assets.lib.io import atomic_dir, file_sha256, frame_fingerprint, pid_alive
 from hnr_assets.lib.negatives import NEGATIVES_SCHEMA
 from hnr_assets.lib.progress import Progress
 from hnr_assets.lib.recipes import Recipe, llm_source
@@ -116,16 +116,6 @@ def _generator_to_recipes(profile: Profile, *, filtered_only: bool) -> dict[str,
     return mapping
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def owner_gone(instance: dg.DagsterInstance, current_run_id: str, run) -> bool:
     """Whether the process that opened an MLflow run left it RUNNING for good.
 
@@ -137,7 +127,7 @@ def owner_gone(instance: dg.DagsterInstance, current_run_id: str, run) -> bool:
     if tags.get("hnr/host") == socket.gethostname() and pid:
         if pid == os.getpid():
             return tags.get("hnr/dagster_run_id") != current_run_id
-        return not _pid_alive(pid)
+        return not pid_alive(pid)
     record = instance.get_run_by_id(tags.get("hnr/dagster_run_id", "")) if tags.get("hnr/dagster_run_id") else None
     return record is not None and record.is_finished
 
