@@ -54,6 +54,15 @@ def _pause(where):
     time.sleep(3600)
 
 
+def _owner_of(target):
+    # `module:attr.sub` -> (the object holding the last attribute, its name)
+    module_name, attr = target.split(":")
+    obj, parts = importlib.import_module(module_name), attr.split(".")
+    for part in parts[:-1]:
+        obj = getattr(obj, part)
+    return obj, parts[-1]
+
+
 def _install(spec):
     kind = spec["kind"]
     if kind in ("write_parquet", "np_save"):
@@ -88,12 +97,8 @@ def _install(spec):
     elif kind == "barrier":
         # Wait before `module:attribute` runs until `parties` processes have reached it: they then
         # go on at the same moment (a race provoked on purpose).
-        module_name, attr = spec["target"].split(":")
-        module = importlib.import_module(module_name)
-        obj, parts = module, attr.split(".")
-        for part in parts[:-1]:
-            obj = getattr(obj, part)
-        original = getattr(obj, parts[-1])
+        obj, name = _owner_of(spec["target"])
+        original = getattr(obj, name)
         folder = Path(spec["dir"])
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -104,21 +109,17 @@ def _install(spec):
                 time.sleep(0.002)
             return original(*args, **kwargs)
 
-        setattr(obj, parts[-1], gathered)
+        setattr(obj, name, gathered)
     elif kind == "after":
-        module_name, attr = spec["target"].split(":")
-        module = importlib.import_module(module_name)
-        obj, parts = module, attr.split(".")
-        for part in parts[:-1]:
-            obj = getattr(obj, part)
-        original = getattr(obj, parts[-1])
+        obj, name = _owner_of(spec["target"])
+        original = getattr(obj, name)
 
         def wrapped(*args, **kwargs):
             result = original(*args, **kwargs)
             _pause(spec["target"])
             return result
 
-        setattr(obj, parts[-1], wrapped)
+        setattr(obj, name, wrapped)
     elif kind != "none":
         raise SystemExit(f"unknown pause kind {kind!r}")
 
