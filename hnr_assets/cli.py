@@ -30,6 +30,7 @@ class Step:
     partition: str | None
     status: str
     seconds: float
+    peak_rss_mib: float | None = None
 
 
 def _latest_record(instance, key, partition):
@@ -162,9 +163,50 @@ def run_demo(
                 tags={"hnr/launched_by": "demo", **owner, **(run_tags or {})},
             )
             seconds = time.perf_counter() - started
-            log.info("%s [%s]: done in %.1f s", name, partition or "-", seconds)
-            steps.append(Step(name, partition, "materialized", seconds))
+            _release_free_memory()
+            peak = _peak_rss_mib()
+            log.info(
+                "%s [%s]: done in %.1f s (RSS %s MiB, peak so far %.0f MiB)",
+                name,
+                partition or "-",
+                seconds,
+                _rss_mib(),
+                peak,
+            )
+            steps.append(Step(name, partition, "materialized", seconds, peak))
     return steps
+
+
+def _release_free_memory() -> None:
+    """Hand the heap glibc keeps after a step back to the OS (`malloc_trim`); a no-op elsewhere.
+
+    The demo materializes every partition in one process. After an `encoders` step glibc keeps ~2.8 GiB
+    of freed activations (measured, `local` profile), which the next training step's peak then sits on.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        trim = None
+    if trim is not None:
+        trim(0)
+
+
+def _rss_mib() -> str:
+    """Resident memory of this process now (Linux `/proc`), or `?`."""
+    try:
+        with Path("/proc/self/status").open(encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return str(int(line.split()[1]) // 1024)
+    except OSError:
+        pass
+    return "?"
 
 
 def _peak_rss_mib() -> float:
@@ -303,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     ran = [s for s in steps if s.status == "materialized"]
     lines = [f"demo of profile {settings.profile!r}: {len(ran)} materialized, {len(steps) - len(ran)} up to date"]
-    lines += [f"  {s.asset:<24} {s.partition or '-':<32} {s.status:<13} {s.seconds:8.1f} s" for s in steps]
+    lines += [
+        f"  {s.asset:<24} {s.partition or '-':<32} {s.status:<13} {s.seconds:8.1f} s"
+        + (f"  peak RSS so far {s.peak_rss_mib:6.0f} MiB" if s.peak_rss_mib is not None else "")
+        for s in steps
+    ]
     lines.append(f"wall time {wall:.1f} s, peak RSS {_peak_rss_mib():.0f} MiB; data root {settings.data_dir}")
     lines.append(f"open the UI with `make dev` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
     sys.stdout.write("\n".join(lines) + "\n")

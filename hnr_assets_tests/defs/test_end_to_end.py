@@ -135,6 +135,8 @@ def test_every_asset_of_a_two_generator_grid_down_to_results(tmp_path: Path, tin
         if graph.get(k).is_materializable
     )
     assert [s.status for s in steps] == ["materialized"] * expected
+    peaks = [s.peak_rss_mib for s in steps]  # the process high-water mark after each step: never decreases
+    assert all(p and p > 0 for p in peaks) and peaks == sorted(peaks)
     assert expected == 2 + 1 + 4 + 2 + 2 * 2 + 2 + 14 + 1 + 14 + 16 * 2 + 1  # datasets .. results
     done = {(s.asset, s.partition) for s in steps}
     assert {("encoders", r) for r in recipes} <= done and ("results", None) in done
