@@ -58,7 +58,7 @@ def averages_bar(results: Results, target: Path, dpi: int = 110) -> Path:
 
     plt = _pyplot()
     rows = list(results.table.iter_rows(named=True))
-    fig, ax = plt.subplots(figsize=(8.0, 0.38 * len(rows) + 2.2))
+    fig, ax = plt.subplots(figsize=(8.0, 0.38 * len(rows) + 2.2), layout="constrained")
     ys = list(range(len(rows)))
     measured = [r["average"] if r["average"] is not None else 0.0 for r in rows]
     colors = {"baseline": "#7f7f7f", "recipe": "#1f77b4"}
@@ -88,16 +88,8 @@ def averages_bar(results: Results, target: Path, dpi: int = 110) -> Path:
         Patch(color=colors["baseline"], label="baseline (measured here)"),
         Line2D([], [], marker="D", color="#ff7f0e", linestyle="", label=REPORTED_LABEL),
     ]
-    ax.legend(
-        handles=handles,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.14 - 1.2 / (len(rows) + 4)),
-        ncol=2,
-        fontsize=8,
-        frameon=False,
-    )
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     ax.set_title(f"Average {PRIMARY_METRIC} per system")
-    fig.tight_layout()
     return _save(fig, plt, target, dpi)
 
 
