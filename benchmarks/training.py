@@ -9,7 +9,9 @@ write by hand with sentence-transformers alone (its stock InformationRetrievalEv
 
 Numbers: examples/s of the training loop (rows trained / wall time of `trainer.train()`, evaluations and
 checkpoints included) and the end-to-end wall time (model load to saved model; for the asset, the whole
-materialization). Overhead = 1 - asset / bare examples/s; the target is within 5%.
+materialization). Overhead = 1 - asset / bare examples/s; the target is within 5%. Memory (Linux): the
+peak resident memory of each run (`VmHWM`, reset before it through /proc/self/clear_refs after handing
+freed heap back with glibc's `malloc_trim`), what is still resident after it, and after `malloc_trim`.
 
 Data: the `local` profile's training pairs (SciFact train, from `HNR_DATASETS_DIR` or ../shared/datasets),
 each with 5 negatives drawn at random from the training corpus (throughput does not depend on how the
@@ -22,6 +24,7 @@ negatives were mined).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -85,6 +88,46 @@ def write_random_negatives(profile_root: Path, seed: int = 0) -> None:
             ]
         (profile_root / folder).mkdir(parents=True, exist_ok=True)
         pl.DataFrame(rows, schema=NEGATIVES_SCHEMA).write_parquet(profile_root / folder / "negatives.parquet")
+
+
+def _status_mib(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _trim() -> None:
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc
+        ctypes.CDLL(name).malloc_trim(0)
+
+
+def measured(run, *args) -> dict:
+    """`run(*args)` (returns a dict), with its peak, resident-after and resident-after-trim memory added."""
+    _trim()
+    try:
+        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")  # reset VmHWM to the current RSS
+        reset = True
+    except OSError:
+        reset = False
+    out = run(*args)
+    after = _status_mib("VmRSS")
+    _trim()
+    return {
+        **out,
+        "peak_mib": _status_mib("VmHWM") if reset else None,
+        "after_mib": after,
+        "trimmed_mib": _status_mib("VmRSS"),
+    }
 
 
 def run_asset(defs, recipe: str) -> dict:
@@ -252,9 +295,9 @@ def main() -> int:
         for rep in range(args.repeats):
             bare_out = tmp_path / f"bare-{rep}"
             results["bare sentence-transformers"].append(
-                run_bare(profile_root / "base_encoder" / "model", train, validation, s, bare_out)
+                measured(run_bare, profile_root / "base_encoder" / "model", train, validation, s, bare_out)
             )
-            results["encoders asset"].append(run_asset(defs, "bm25"))
+            results["encoders asset"].append(measured(run_asset, defs, "bm25"))
 
     def median(runs: list[dict], key: str) -> float:
         return statistics.median(r[key] for r in runs)
@@ -274,13 +317,25 @@ def main() -> int:
         "(medians)"
     )
     header = f"{'variant':<28}{'steps':>6}{'examples/s':>12}{'ratio':>8}{'examples/CPU-s':>16}{'ratio':>8}"
-    print(header + f"{'end-to-end s':>14}{'ratio':>8}")
+    print(header + f"{'end-to-end s':>14}{'ratio':>8}{'peak MiB':>10}{'ratio':>8}{'after MiB':>11}{'trimmed':>9}")
+
+    def mib(runs: list[dict], key: str) -> float | None:
+        values = [r[key] for r in runs if r[key] is not None]
+        return statistics.median(values) if values else None
+
+    def cell(value: float | None, width: int, fmt: str = ".0f") -> str:
+        return f"{value:>{width}{fmt}}" if value is not None else f"{'n/a':>{width}}"
+
+    bare_peak = mib(bare, "peak_mib")
     for name, runs in results.items():
         eps, cpu = rates(runs)
         wall = median(runs, "wall")
+        peak = mib(runs, "peak_mib")
         print(
             f"{name:<28}{runs[0]['steps']:>6}{eps:>12.2f}{eps / bare_eps:>8.3f}{cpu:>16.2f}{cpu / bare_cpu:>8.3f}"
-            f"{wall:>14.1f}{wall / median(bare, 'wall'):>8.3f}"
+            f"{wall:>14.1f}{wall / median(bare, 'wall'):>8.3f}{cell(peak, 10)}"
+            f"{cell(peak / bare_peak if peak and bare_peak else None, 8, '.3f')}"
+            f"{cell(mib(runs, 'after_mib'), 11)}{cell(mib(runs, 'trimmed_mib'), 9)}"
         )
     asset_eps, asset_cpu = rates(results["encoders asset"])
     print(
