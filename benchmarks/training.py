@@ -24,7 +24,6 @@ negatives were mined).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -40,6 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hnr_assets.lib.memory import release_free_memory, reset_peak, status_mib  # noqa: E402
 from hnr_assets.lib.negatives import NEGATIVES_SCHEMA  # noqa: E402
 from hnr_assets.settings import Settings  # noqa: E402
 
@@ -90,43 +90,18 @@ def write_random_negatives(profile_root: Path, seed: int = 0) -> None:
         pl.DataFrame(rows, schema=NEGATIVES_SCHEMA).write_parquet(profile_root / folder / "negatives.parquet")
 
 
-def _status_mib(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _trim() -> None:
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc
-        ctypes.CDLL(name).malloc_trim(0)
-
-
 def measured(run, *args) -> dict:
     """`run(*args)` (returns a dict), with its peak, resident-after and resident-after-trim memory added."""
-    _trim()
-    try:
-        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")  # reset VmHWM to the current RSS
-        reset = True
-    except OSError:
-        reset = False
+    release_free_memory()
+    reset = reset_peak()
     out = run(*args)
-    after = _status_mib("VmRSS")
-    _trim()
+    after = status_mib("VmRSS")
+    release_free_memory()
     return {
         **out,
-        "peak_mib": _status_mib("VmHWM") if reset else None,
+        "peak_mib": status_mib("VmHWM") if reset else None,
         "after_mib": after,
-        "trimmed_mib": _status_mib("VmRSS"),
+        "trimmed_mib": status_mib("VmRSS"),
     }
 
 

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hnr_assets.lib.memory import release_free_memory, status_mib
+
 log = logging.getLogger("hnr.demo")
 
 
@@ -163,50 +165,19 @@ def run_demo(
                 tags={"hnr/launched_by": "demo", **owner, **(run_tags or {})},
             )
             seconds = time.perf_counter() - started
-            _release_free_memory()
+            release_free_memory()  # glibc keeps GiBs of freed heap after training otherwise
             peak = _peak_rss_mib()
+            resident = status_mib("VmRSS")
             log.info(
                 "%s [%s]: done in %.1f s (RSS %s MiB, peak so far %.0f MiB)",
                 name,
                 partition or "-",
                 seconds,
-                _rss_mib(),
+                f"{resident:.0f}" if resident is not None else "?",
                 peak,
             )
             steps.append(Step(name, partition, "materialized", seconds, peak))
     return steps
-
-
-def _release_free_memory() -> None:
-    """Hand the heap glibc keeps after a step back to the OS (`malloc_trim`); a no-op elsewhere.
-
-    The demo materializes every partition in one process. After an `encoders` step glibc keeps ~2.8 GiB
-    of freed activations (measured, `local` profile), which the next training step's peak then sits on.
-    """
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
-        trim = None
-    if trim is not None:
-        trim(0)
-
-
-def _rss_mib() -> str:
-    """Resident memory of this process now (Linux `/proc`), or `?`."""
-    try:
-        with Path("/proc/self/status").open(encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return str(int(line.split()[1]) // 1024)
-    except OSError:
-        pass
-    return "?"
 
 
 def _peak_rss_mib() -> float:
