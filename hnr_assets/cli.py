@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import logging
 import os
-import resource
 import shutil
 import socket
 import sys
@@ -21,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hnr_assets.lib.memory import release_free_memory, status_mib
+from hnr_assets.lib.memory import peak_mib, release_free_memory, status_mib
 
 log = logging.getLogger("hnr.demo")
 
@@ -166,7 +165,7 @@ def run_demo(
             )
             seconds = time.perf_counter() - started
             release_free_memory()  # glibc keeps GiBs of freed heap after training otherwise
-            peak = _peak_rss_mib()
+            peak = peak_mib()
             resident = status_mib("VmRSS")
             log.info(
                 "%s [%s]: done in %.1f s (RSS %s MiB, peak so far %.0f MiB)",
@@ -178,12 +177,6 @@ def run_demo(
             )
             steps.append(Step(name, partition, "materialized", seconds, peak))
     return steps
-
-
-def _peak_rss_mib() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024
 
 
 # sha256 of every `dagster.yaml` hnr shipped before the current one: an unmodified copy of one of them in
@@ -321,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f"  peak RSS so far {s.peak_rss_mib:6.0f} MiB" if s.peak_rss_mib is not None else "")
         for s in steps
     ]
-    lines.append(f"wall time {wall:.1f} s, peak RSS {_peak_rss_mib():.0f} MiB; data root {settings.data_dir}")
+    lines.append(f"wall time {wall:.1f} s, peak RSS {peak_mib():.0f} MiB; data root {settings.data_dir}")
     lines.append(f"open the UI with `make dev` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

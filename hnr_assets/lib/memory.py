@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import resource
 from pathlib import Path
 
 STATUS = Path("/proc/self/status")
@@ -27,6 +28,14 @@ def status_mib(field: str = "VmRSS") -> float | None:
     except OSError:
         pass
     return None
+
+
+def peak_mib() -> float:
+    """Peak resident memory so far, in MiB: of this process or of its largest finished child (a JVM,
+    a generation worker), whichever is larger (`getrusage` `ru_maxrss`, KiB on Linux)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
 
 
 def release_free_memory() -> bool:

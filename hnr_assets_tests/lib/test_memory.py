@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hnr_assets.lib.memory import release_free_memory, reset_peak, status_mib
+from hnr_assets.lib.memory import peak_mib, release_free_memory, reset_peak, status_mib
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or "libc.so" not in (ctypes.util.find_library("c") or ""),
@@ -39,6 +39,11 @@ def test_freed_heap_goes_back_to_the_os_and_the_peak_resets():
     assert reset_peak() is True
     assert status_mib("VmHWM") < peak - 200
     del pin
+
+
+def test_peak_covers_what_is_resident():
+    resident = status_mib("VmRSS")
+    assert resident > 0 and peak_mib() >= resident - 5  # both from the kernel's high-water mark
 
 
 def test_unknown_field_is_none():
