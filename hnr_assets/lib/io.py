@@ -70,7 +70,7 @@ _OWNER = re.compile(r"\.tmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)-[0
 FOREIGN_TMP_MAX_AGE_SECONDS = 24 * 3600
 
 
-def _process_start(pid: int) -> int | None:
+def process_start(pid: int) -> int | None:
     """Start time of a process in clock ticks since boot (`/proc/<pid>/stat`), or None when it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
@@ -84,7 +84,7 @@ def _process_start(pid: int) -> int | None:
 
 def _tmp_sibling(target: Path) -> Path:
     pid = os.getpid()
-    owner = f"{_HOST}-{pid}-{_process_start(pid) or 0}"
+    owner = f"{_HOST}-{pid}-{process_start(pid) or 0}"
     return target.with_name(f".{target.name}{_TMP_MARK}{owner}-{uuid.uuid4().hex[:12]}")
 
 
@@ -112,7 +112,7 @@ def _owner_alive(tmp: Path) -> bool:
     pid, start = int(match["pid"]), int(match["start"])
     if not Path("/proc/self/stat").is_file():  # no procfs (macOS): the process id alone
         return pid_alive(pid)
-    found = _process_start(pid)
+    found = process_start(pid)
     if found is None:
         return False
     return start == 0 or found == start  # same pid, other start time: the pid was reused, the writer is gone

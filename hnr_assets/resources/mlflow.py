@@ -30,6 +30,7 @@ import dagster as dg
 from pydantic import Field
 
 from hnr_assets.lib.errors import HnrError
+from hnr_assets.lib.io import pid_alive, process_start
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,19 +45,16 @@ _RUNS_LOCK = threading.Lock()
 HOST = socket.gethostname()
 
 
-def _process_start(pid: int) -> str:
-    """Start time of a process (clock ticks since boot) as a string, "" when unknown; tells reused pids apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-        return stat.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
+def _start_tag(pid: int) -> str:
+    """A process's start time (clock ticks since boot) as a tag, "" when unknown; tells reused pids apart."""
+    start = process_start(pid)
+    return "" if start is None else str(start)
 
 
 def owner_tags() -> dict[str, str]:
     """Tags naming the process that opens a run (`hnr/host`, `hnr/pid`, `hnr/pid_start`)."""
     pid = os.getpid()
-    return {"hnr/host": HOST, "hnr/pid": str(pid), "hnr/pid_start": _process_start(pid)}
+    return {"hnr/host": HOST, "hnr/pid": str(pid), "hnr/pid_start": _start_tag(pid)}
 
 
 def process_gone(run: Any) -> bool:
@@ -70,14 +68,10 @@ def process_gone(run: Any) -> bool:
     pid = int(tags["hnr/pid"])
     if pid == os.getpid():
         return run.info.run_id not in _OPEN_RUNS
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return True
-    except PermissionError:
-        pass
     recorded = tags.get("hnr/pid_start", "")
-    return bool(recorded) and _process_start(pid) not in ("", recorded)  # the pid now belongs to another process
+    return bool(recorded) and _start_tag(pid) not in ("", recorded)  # the pid now belongs to another process
 
 
 _KEY_REFUSED = re.compile(r"[^\w./\- :]")
