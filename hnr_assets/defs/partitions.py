@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from hnr_assets.lib.recipes import BASELINE_SYSTEMS, Recipe, derive_recipes
+from hnr_assets.lib.recipes import BASELINE_SYSTEMS, Recipe
 from hnr_assets.profiles.schema import Profile
 
 
@@ -19,8 +19,8 @@ def generator_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:
 
 
 def recipes(profile: Profile) -> list[Recipe]:
-    """The recipe grid of the profile (see `lib.recipes`)."""
-    return derive_recipes(profile.generator_keys)
+    """The recipes of the profile: its generators' grid (`lib.recipes`), narrowed by `training.recipes`."""
+    return profile.recipes
 
 
 def recipe_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:

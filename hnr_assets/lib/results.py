@@ -3,9 +3,11 @@
 Built from whatever score folders exist: a (system, dataset) cell without scores is shown as missing,
 never filled in, and an average is only given for a system scored on every dataset.
 
-Significance: each system is compared with the baseline recipe (training on BM25 negatives, `bm25`)
-per dataset on the per-query values of the primary metric (`lib.significance`); on each dataset the
-comparisons form one family, corrected with Holm's method by default.
+Uncertainty: every cell carries a percentile bootstrap confidence interval of its mean over queries.
+Significance: each system is compared with each reference system (by default the untrained base
+encoder, `base-encoder`, and the recipe trained on BM25 negatives, `bm25`) per dataset on the per-query
+values of the primary metric (`lib.significance`); on each dataset, the comparisons with one reference
+form one family, corrected with Holm's method by default.
 """
 
 from __future__ import annotations
@@ -47,12 +49,14 @@ class Cell:
         metrics: Means per metric (`ok` only).
         per_query: Per-query metrics (`ok` only).
         problem: Why it is invalid.
+        ci: Bootstrap confidence interval of the primary metric's mean (`ok` only; set by `collect`).
     """
 
     status: str
     metrics: dict[str, Any] = field(default_factory=dict)
     per_query: pl.DataFrame | None = None
     problem: str = ""
+    ci: tuple[float, float] = (math.nan, math.nan)
 
 
 def read_cell(folder: Path) -> Cell:
@@ -71,23 +75,31 @@ def read_cell(folder: Path) -> Cell:
 
 @dataclass
 class SignificanceSettings:
-    """How systems are compared with the baseline recipe.
+    """How systems are compared with the reference systems, and how cells get their intervals.
 
     Attributes:
-        baseline: System every other system is compared with (the `bm25` recipe).
+        baselines: Systems every other system is compared with, each its own family of tests (the
+            untrained `base-encoder`: does training help; the `bm25` recipe: the study's reference).
         test: Test whose p-value is shown in the table: `t-test` or `bootstrap` (both are stored).
-        correction: `holm`, `bonferroni` or `none`, per dataset over the compared systems.
-        alpha: Significance level for the marker.
-        bootstrap_samples: Resamples of the bootstrap test.
-        seed: Seed of the bootstrap.
+        correction: `holm`, `bonferroni` or `none`, per dataset and reference over the compared systems.
+        alpha: Significance level for the markers.
+        bootstrap_samples: Resamples of the bootstrap test and of the confidence intervals.
+        seed: Seed of the bootstraps.
+        confidence: Coverage of each cell's bootstrap interval.
     """
 
-    baseline: str = "bm25"
+    baselines: tuple[str, ...] = ("base-encoder", "bm25")
     test: str = "t-test"
     correction: str = "holm"
     alpha: float = 0.05
     bootstrap_samples: int = 10_000
     seed: int = 0
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        self.baselines = tuple(self.baselines)
+        if not self.baselines:
+            raise ValueError("significance needs at least one reference system in `baselines`")
 
 
 @dataclass
@@ -99,9 +111,11 @@ class Results:
         datasets: Dataset names, in display order.
         cells: `(system, dataset) -> Cell`.
         long: One row per scored (system, dataset): every metric and the query count.
-        table: Wide table of the primary metric: one row per system, one column per dataset, the
-            average, the count of scored datasets, the study's reported average, p-values per dataset.
-        tests: One row per comparison with the baseline: means, delta, raw and adjusted p-values.
+        table: Wide table of the primary metric: one row per system, one column per dataset, its
+            interval (`ci_low:<d>`, `ci_high:<d>`), the average, the count of scored datasets, the study's
+            reported average, and per reference and dataset the difference and the adjusted p-value
+            (`delta:<ref>:<d>`, `p:<ref>:<d>`).
+        tests: One row per comparison with a reference: means, delta, raw and adjusted p-values.
         settings: The significance settings used.
     """
 
@@ -146,6 +160,14 @@ def collect(
     settings = settings or SignificanceSettings()
     reported = STUDY_REPORTED_NDCG10 if reported is None else reported
     cells = {(s, d): read_cell(folder_of(s, d)) for s in systems for d in datasets}
+    for cell in cells.values():
+        if cell.status == "ok" and cell.per_query is not None:
+            cell.ci = significance.bootstrap_ci(
+                cell.per_query[PRIMARY_METRIC].to_numpy(),
+                settings.bootstrap_samples,
+                settings.seed,
+                settings.confidence,
+            )
 
     long_rows = [
         {
@@ -170,25 +192,29 @@ def _significance(
     systems: Sequence[str], datasets: Sequence[str], cells: dict[tuple[str, str], Cell], st: SignificanceSettings
 ) -> pl.DataFrame:
     rows = []
-    for d in datasets:
-        base = cells.get((st.baseline, d))
-        if base is None or base.status != "ok":
-            continue
-        family = []
-        for s in systems:
-            cell = cells[(s, d)]
-            if s == st.baseline or cell.status != "ok":
+    for ref in st.baselines:
+        for d in datasets:
+            base = cells.get((ref, d))
+            if base is None or base.status != "ok":
                 continue
-            cmp = significance.compare(cell.per_query, base.per_query, PRIMARY_METRIC, st.bootstrap_samples, st.seed)
-            family.append({"system": s, "dataset": d, **cmp.__dict__})
-        p_t_adj = significance.adjust([r["p_t"] for r in family], st.correction)
-        p_b_adj = significance.adjust([r["p_bootstrap"] for r in family], st.correction)
-        for row, pt, pb in zip(family, p_t_adj, p_b_adj, strict=True):
-            row["p_t_adjusted"], row["p_bootstrap_adjusted"] = pt, pb
-            shown = pt if st.test == "t-test" else pb
-            row["significant"] = bool(not math.isnan(shown) and shown < st.alpha)
-        rows += family
+            family = []
+            for s in systems:
+                cell = cells[(s, d)]
+                if s == ref or cell.status != "ok":
+                    continue
+                cmp = significance.compare(
+                    cell.per_query, base.per_query, PRIMARY_METRIC, st.bootstrap_samples, st.seed
+                )
+                family.append({"baseline": ref, "system": s, "dataset": d, **cmp.__dict__})
+            p_t_adj = significance.adjust([r["p_t"] for r in family], st.correction)
+            p_b_adj = significance.adjust([r["p_bootstrap"] for r in family], st.correction)
+            for row, pt, pb in zip(family, p_t_adj, p_b_adj, strict=True):
+                row["p_t_adjusted"], row["p_bootstrap_adjusted"] = pt, pb
+                shown = pt if st.test == "t-test" else pb
+                row["significant"] = bool(not math.isnan(shown) and shown < st.alpha)
+            rows += family
     schema = {
+        "baseline": pl.String,
         "system": pl.String,
         "dataset": pl.String,
         "n": pl.Int64,
@@ -202,11 +228,7 @@ def _significance(
         "significant": pl.Boolean,
     }
     frame = pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
-    return frame.with_columns(
-        pl.lit(st.baseline).alias("baseline"),
-        pl.lit(PRIMARY_METRIC).alias("metric"),
-        pl.lit(st.correction).alias("correction"),
-    )
+    return frame.with_columns(pl.lit(PRIMARY_METRIC).alias("metric"), pl.lit(st.correction).alias("correction"))
 
 
 def _wide(
@@ -218,13 +240,24 @@ def _wide(
     reported: dict[str, float],
 ) -> pl.DataFrame:
     p_col = "p_t_adjusted" if st.test == "t-test" else "p_bootstrap_adjusted"
-    p_of = {(r["system"], r["dataset"]): r[p_col] for r in tests.iter_rows(named=True)}
+    found = {(r["baseline"], r["system"], r["dataset"]): r for r in tests.iter_rows(named=True)}
     rows = []
     for s in systems:
         values = {
             d: (float(cells[(s, d)].metrics[PRIMARY_METRIC]) if cells[(s, d)].status == "ok" else None)
             for d in datasets
         }
+        intervals: dict[str, float | None] = {}
+        for d in datasets:
+            ok = cells[(s, d)].status == "ok"
+            intervals[f"ci_low:{d}"] = cells[(s, d)].ci[0] if ok else None
+            intervals[f"ci_high:{d}"] = cells[(s, d)].ci[1] if ok else None
+        compared: dict[str, float | None] = {}
+        for ref in st.baselines:
+            for d in datasets:
+                row = found.get((ref, s, d))
+                compared[f"delta:{ref}:{d}"] = row["delta"] if row else None
+                compared[f"p:{ref}:{d}"] = row[p_col] if row else None
         scored = [v for v in values.values() if v is not None]
         rows.append(
             {
@@ -234,7 +267,8 @@ def _wide(
                 "average": sum(scored) / len(scored) if len(scored) == len(datasets) and datasets else None,
                 "datasets_scored": len(scored),
                 "study_reported_average": reported.get(s),
-                **{f"p:{d}": p_of.get((s, d)) for d in datasets},
+                **intervals,
+                **compared,
             }
         )
     schema = {
@@ -244,9 +278,10 @@ def _wide(
         "average": pl.Float64,
         "datasets_scored": pl.Int64,
         "study_reported_average": pl.Float64,
-        **{f"p:{d}": pl.Float64 for d in datasets},
+        **{f"{side}:{d}": pl.Float64 for d in datasets for side in ("ci_low", "ci_high")},
+        **{f"{kind}:{ref}:{d}": pl.Float64 for ref in st.baselines for d in datasets for kind in ("delta", "p")},
     }
-    return pl.DataFrame(rows, schema=schema)
+    return pl.DataFrame(rows, schema=schema).select(list(schema))
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -262,10 +297,31 @@ def _fmt_p(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def markdown_table(results: Results) -> str:
-    """The table as Markdown: nDCG@10 per dataset with the adjusted p-value against the baseline,
-    † where significant, the average, and the study's reported average in its own labelled column."""
+# Markers of a significant difference, per reference system in `SignificanceSettings.baselines` order:
+# (better than the reference, worse than the reference).
+MARKERS = (("▲", "▼"), ("↑", "↓"), ("⁺", "⁻"), ("⊕", "⊖"))
+
+
+def _markers(results: Results, system: str, dataset: str) -> str:
     st = results.settings
+    row = results.table.filter(pl.col("system") == system).row(0, named=True)
+    out = ""
+    for (better, worse), ref in zip(MARKERS, st.baselines, strict=False):
+        p, delta = row.get(f"p:{ref}:{dataset}"), row.get(f"delta:{ref}:{dataset}")
+        if p is not None and delta is not None and not math.isnan(p) and p < st.alpha:
+            out += better if delta > 0 else worse
+    return out
+
+
+def _ci_text(cell: Cell) -> str:
+    low, high = cell.ci
+    return "" if math.isnan(low) else f" [{low:.3f}, {high:.3f}]"
+
+
+def markdown_table(results: Results) -> str:
+    """The table as Markdown: nDCG@10 per dataset with its bootstrap interval and a marker per reference
+    system the difference with is significant (see `significance_note`), the average, and the study's
+    reported average in its own labelled column."""
     headers = ["system", *results.datasets, "average", REPORTED_LABEL]
     rows = []
     for r in results.table.iter_rows(named=True):
@@ -275,13 +331,7 @@ def markdown_table(results: Results) -> str:
             if cell.status != "ok":
                 cells.append(cell.status)
                 continue
-            text = _fmt(r[d])
-            if r["system"] == st.baseline:
-                text += " (baseline)"
-            elif r[f"p:{d}"] is not None:
-                p = r[f"p:{d}"]
-                text += f" (p={_fmt_p(p)}){'†' if p < st.alpha else ''}"
-            cells.append(text)
+            cells.append(f"{_fmt(r[d])}{_ci_text(cell)} {_markers(results, r['system'], d)}".rstrip())
         average = (
             _fmt(r["average"])
             if r["average"] is not None
@@ -291,21 +341,115 @@ def markdown_table(results: Results) -> str:
     return md_table(rows, headers, max_chars=60)
 
 
+def comparisons_markdown(results: Results) -> str:
+    """Per dataset, every system's difference with each reference and its adjusted p-value."""
+    st = results.settings
+    headers = ["dataset", "system", *(f"Δ vs {ref} (p)" for ref in st.baselines)]
+    rows = []
+    for d in results.datasets:
+        for r in results.table.iter_rows(named=True):
+            if results.cells[(r["system"], d)].status != "ok":
+                continue
+            cols = []
+            for ref in st.baselines:
+                delta, p = r[f"delta:{ref}:{d}"], r[f"p:{ref}:{d}"]
+                if r["system"] == ref:
+                    cols.append("(reference)")
+                elif delta is None:
+                    cols.append("n/a")
+                else:
+                    mark = "†" if p is not None and not math.isnan(p) and p < st.alpha else ""
+                    cols.append(f"{delta:+.4f} (p={_fmt_p(p)}){mark}")
+            rows.append([d, r["system"], *cols])
+    return md_table(rows, headers, max_chars=60)
+
+
 def significance_note(results: Results) -> str:
-    """One paragraph saying how the p-values in the table were computed."""
+    """One paragraph saying how the intervals, markers and p-values in the tables were computed."""
     st = results.settings
     test = "paired t-test" if st.test == "t-test" else f"paired bootstrap test ({st.bootstrap_samples} resamples)"
     corr = {
-        "holm": "Holm-corrected per dataset over the systems compared",
-        "bonferroni": "Bonferroni-corrected per dataset over the systems compared",
+        "holm": "Holm-corrected per dataset and reference over the systems compared",
+        "bonferroni": "Bonferroni-corrected per dataset and reference over the systems compared",
         "none": "not corrected for multiple comparisons",
     }[st.correction]
-    return (
-        f"p: two-sided {test} over the judged queries of {PRIMARY_METRIC} against `{st.baseline}` "
-        f"(training on BM25 negatives), {corr}; † p < {st.alpha}. Both tests, raw and adjusted, are in "
-        f"significance.csv. The reported column is the study's own average over its 10 BEIR datasets "
-        f"(arXiv 2504.21015), not measured here and not comparable dataset for dataset."
+    legend = "; ".join(
+        f"{better} / {worse} significantly better / worse than `{ref}`"
+        for (better, worse), ref in zip(MARKERS, st.baselines, strict=False)
     )
+    return (
+        f"[low, high]: {st.confidence:.0%} percentile bootstrap interval of the mean over queries "
+        f"({st.bootstrap_samples} resamples). {legend} (two-sided {test} over the judged queries of "
+        f"{PRIMARY_METRIC}, {corr}, p < {st.alpha}); † in the comparisons table marks the same. Both tests, "
+        "raw and adjusted, are in significance.csv. The reported column is the study's own average over its "
+        "10 BEIR datasets (arXiv 2504.21015), not measured here and not comparable dataset for dataset."
+    )
+
+
+# The study's relative gap of LLM-written against corpus-mined negatives (average nDCG@10 over 10 BEIR
+# datasets, arXiv 2504.21015): best LLM (Phi-4) and all LLMs, against BM25 and cross-encoder negatives.
+STUDY_LLM_GAP = {
+    ("llm-phi4-14b", "bm25"): 0.314 / 0.359 - 1,
+    ("llm-phi4-14b", "ce"): 0.314 / 0.366 - 1,
+    ("all-llms", "bm25"): 0.292 / 0.359 - 1,
+    ("all-llms", "ce"): 0.292 / 0.366 - 1,
+}
+CORPUS_RECIPES = ("bm25", "ce")
+BASE_SYSTEM = "base-encoder"
+
+
+def direction_rows(results: Results) -> list[dict[str, Any]]:
+    """The study's question for every recipe that uses LLM negatives, per dataset and on average.
+
+    For each LLM recipe and scope (each dataset, then `average` when complete): its nDCG@10, its relative
+    difference with each corpus-mined recipe (`bm25`, `ce`) — the study's measure (LLM 12–18 % behind) —
+    and the share of that recipe's gain over the untrained base encoder that the LLM recipe reaches
+    (`gain_share:<src>` = (LLM − base) / (src − base); only when the corpus recipe gained).
+    """
+    by_system = {r["system"]: r for r in results.table.iter_rows(named=True)}
+    base = by_system.get(BASE_SYSTEM)
+    out = []
+    for system, row in by_system.items():
+        if not (system.startswith("llm-") or system.startswith("all-llms")):
+            continue
+        for scope in [*results.datasets, "average"]:
+            value = row.get(scope)
+            if value is None:
+                continue
+            entry: dict[str, Any] = {"system": system, "scope": scope, "ndcg@10": value}
+            for src in CORPUS_RECIPES:
+                ref = by_system.get(src, {}).get(scope)
+                entry[f"relative:{src}"] = value / ref - 1 if ref else None
+                base_value = base.get(scope) if base else None
+                gained = ref - base_value if ref is not None and base_value is not None else None
+                entry[f"gain_share:{src}"] = (value - base_value) / gained if gained and gained > 0 else None
+            out.append(entry)
+    return out
+
+
+def direction_markdown(results: Results) -> str:
+    """`direction_rows` as Markdown, with the study's own gaps for comparison."""
+    rows = [
+        [
+            r["system"],
+            r["scope"],
+            _fmt(r["ndcg@10"]),
+            *(_pct(r[f"relative:{src}"]) for src in CORPUS_RECIPES),
+            *(_pct(r[f"gain_share:{src}"], signed=False) for src in CORPUS_RECIPES),
+        ]
+        for r in direction_rows(results)
+    ]
+    if not rows:
+        return "no recipe with LLM negatives is scored"
+    headers = ["recipe", "scope", PRIMARY_METRIC, "vs bm25", "vs ce", "share of bm25's gain", "share of ce's gain"]
+    study = ", ".join(f"{s} vs {src} {_pct(v)}" for (s, src), v in STUDY_LLM_GAP.items())
+    return f"{md_table(rows, headers, max_chars=60)}\n\nThe study (10 BEIR datasets, DistilBERT/MS MARCO): {study}."
+
+
+def _pct(value: float | None, *, signed: bool = True) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:+.1%}" if signed else f"{value:.0%}"
 
 
 def missing_markdown(results: Results) -> str:
@@ -343,23 +487,56 @@ def reference_problems(results: Results, references: Sequence[Any]) -> list[str]
     return problems
 
 
-def beats_base_problems(results: Results, recipes: Sequence[str], base: str = "base-encoder") -> list[str]:
-    """Recipes that do not beat the untrained base encoder on at least half of the datasets.
+def beats_base_problems(
+    results: Results,
+    recipes: Sequence[str],
+    *,
+    dataset: str | None,
+    min_recipes: int = 2,
+    base: str = BASE_SYSTEM,
+) -> list[str]:
+    """Problems unless fine-tuning measurably helps: at least `min_recipes` recipes beat the base encoder
+    significantly (the shown test, corrected, p < alpha).
 
-    A recipe is judged on the datasets where both it and the base encoder are scored; a recipe or
-    base encoder with no scores at all is a problem too.
+    Args:
+        results: The collected results (the base encoder must be one of the reference systems).
+        recipes: Recipe keys to judge.
+        dataset: The training domain's dataset, when it is evaluated: a recipe counts when it beats the base
+            encoder there. None (the training pairs' dataset is not evaluated): a recipe counts when it beats
+            the base encoder significantly on at least half of the datasets where both are scored.
+        min_recipes: Recipes that must count (at most the number of recipes).
+        base: The untrained base encoder's system key.
+
+    Returns:
+        One line per problem; each recipe's outcome is in `beats_base_outcomes`.
     """
-    problems = []
+    st = results.settings
+    if base not in st.baselines:
+        return [f"{base} is not a reference system of the significance tests ({', '.join(st.baselines)})"]
+    outcomes = beats_base_outcomes(results, recipes, dataset=dataset, base=base)
+    needed = min(min_recipes, len(recipes))
+    winners = [r for r, (wins, judged) in outcomes.items() if judged and (wins if dataset else 2 * wins >= judged)]
+    where = f"on {dataset}" if dataset else "on at least half of the datasets"
+    if len(winners) >= needed:
+        return []
+    detail = ", ".join(f"{r}: {w}/{n}" for r, (w, n) in outcomes.items())
+    return [
+        f"{len(winners)} of {len(recipes)} recipes beat {base} {where} with {st.correction}-corrected p < {st.alpha} "
+        f"(at least {needed} expected); significant wins per recipe: {detail or 'none scored'}"
+    ]
+
+
+def beats_base_outcomes(
+    results: Results, recipes: Sequence[str], *, dataset: str | None, base: str = BASE_SYSTEM
+) -> dict[str, tuple[int, int]]:
+    """Per recipe: (datasets where it beats `base` significantly, datasets where both are scored), over
+    `dataset` only when given."""
+    tests = results.tests.filter((pl.col("baseline") == base) & pl.col("system").is_in(list(recipes)))
+    if dataset is not None:
+        tests = tests.filter(pl.col("dataset") == dataset)
+    out = {}
     for recipe in recipes:
-        both = [
-            d
-            for d in results.datasets
-            if results.cells[(recipe, d)].status == "ok" and results.cells[(base, d)].status == "ok"
-        ]
-        if not both:
-            problems.append(f"{recipe}: no dataset where both it and {base} are scored")
-            continue
-        wins = [d for d in both if results.value(recipe, d) > results.value(base, d)]
-        if 2 * len(wins) < len(both):
-            problems.append(f"{recipe}: beats {base} on {len(wins)} of {len(both)} datasets")
-    return problems
+        mine = tests.filter(pl.col("system") == recipe)
+        wins = mine.filter(pl.col("significant") & (pl.col("delta") > 0)).height
+        out[recipe] = (wins, mine.height)
+    return out

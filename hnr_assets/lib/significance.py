@@ -83,6 +83,46 @@ def paired_bootstrap(diff: np.ndarray, samples: int = 10_000, seed: int = 0) -> 
     return (1 + hits) / (1 + samples)
 
 
+def bootstrap_ci(
+    values: np.ndarray, samples: int = 10_000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of a mean over queries.
+
+    Queries are resampled with replacement `samples` times; the interval is the central `confidence`
+    share of the resampled means.
+
+    Args:
+        values: One value per query (e.g. its nDCG@10).
+        samples: Resamples.
+        seed: Seed of the resampling.
+        confidence: Coverage of the interval, e.g. 0.95.
+
+    Returns:
+        (low, high); (nan, nan) for fewer than two values.
+
+    References:
+        Efron and Tibshirani, An Introduction to the Bootstrap, 1993 (percentile interval); Sakai,
+        Evaluating Evaluation Metrics based on the Bootstrap, SIGIR 2006.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2:
+        return math.nan, math.nan
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples, dtype=np.float64)
+    chunk = max(1, 2_000_000 // values.size)
+    done = 0
+    while done < samples:
+        b = min(chunk, samples - done)
+        idx = rng.integers(0, values.size, size=(b, values.size))
+        means[done : done + b] = values[idx].mean(axis=1)
+        done += b
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
 def compare(system: pl.DataFrame, baseline: pl.DataFrame, metric: str, samples: int, seed: int) -> PairedComparison:
     """Compare two per-query frames (`query_id`, `metric`) on the queries both have."""
     joined = system.select("query_id", pl.col(metric).alias("s")).join(

@@ -15,7 +15,7 @@ from hnr_assets.lib.download import BEIR_MD5, beir_url
 from hnr_assets.lib.errors import ConfigError
 from hnr_assets.lib.io import check_safe_name
 from hnr_assets.lib.names import check_model_reference, check_revision, check_url
-from hnr_assets.lib.recipes import GENERATOR_KEY_MAX, system_keys
+from hnr_assets.lib.recipes import BASELINE_SYSTEMS, GENERATOR_KEY_MAX, Recipe, derive_recipes
 
 
 def _dataset_name(value: str) -> str:
@@ -287,9 +287,17 @@ class ReferenceScore(StrictModel):
 
 
 class SignificanceSettings(StrictModel):
-    """Paired significance of each system against a baseline system, per dataset, over queries."""
+    """Paired significance of each system against reference systems, per dataset, over queries; intervals."""
 
-    baseline: str = Field(default="bm25", description="System compared against (the study's BM25-negatives recipe).")
+    baselines: list[str] = Field(
+        default_factory=lambda: ["base-encoder", "bm25"],
+        min_length=1,
+        max_length=4,
+        description=(
+            "Systems compared against, each its own family of tests: the untrained base encoder (does training "
+            "help?) and the study's BM25-negatives recipe."
+        ),
+    )
     test: Literal["t-test", "bootstrap"] = Field(
         default="t-test", description="Test whose p-value the table shows (both are computed and stored)."
     )
@@ -299,6 +307,17 @@ class SignificanceSettings(StrictModel):
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="Level at which a difference is marked.")
     bootstrap_samples: int = Field(default=10_000, ge=100, description="Resamples of the paired bootstrap test.")
     seed: int = Field(default=0, description="Seed of the bootstrap.")
+    confidence: float = Field(
+        default=0.95, gt=0.0, lt=1.0, description="Coverage of each cell's percentile bootstrap interval."
+    )
+    min_recipes_beating_base: int = Field(
+        default=2,
+        ge=1,
+        description=(
+            "Quality gate (WARN, `results`): at least this many recipes beat `base-encoder` significantly on the "
+            "training pairs' dataset (or on half of the datasets when that one is not evaluated)."
+        ),
+    )
 
 
 class EvaluationSettings(StrictModel):
@@ -539,6 +558,14 @@ class TrainingSpec(StrictModel):
     base_encoder: BaseEncoderSpec = Field(default_factory=BaseEncoderSpec)
     sets: TrainingSetSettings = Field(default_factory=TrainingSetSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    recipes: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Train and score only these recipes of the grid the generators derive (`lib.recipes`), in the grid's "
+            "order; null: the whole grid."
+        ),
+    )
 
 
 class Profile(StrictModel):
@@ -577,10 +604,23 @@ class Profile(StrictModel):
         if dups:
             raise ValueError(f"generator keys must be unique; repeated: {', '.join(dups)}")
         try:
-            systems = system_keys(keys)
+            grid = [r.key for r in derive_recipes(keys)]
         except ConfigError as exc:  # e.g. two generators whose recipe keys collide
             raise ValueError(str(exc)) from None
-        named = [("evaluation.significance.baseline", self.evaluation.significance.baseline)]
+        chosen = self.training.recipes
+        if chosen is not None:
+            unknown = [r for r in chosen if r not in grid]
+            if unknown:
+                raise ValueError(
+                    f"training.recipes: {', '.join(map(repr, unknown))} not in this profile's grid ({', '.join(grid)})"
+                )
+            repeated = sorted({r for r in chosen if chosen.count(r) > 1})
+            if repeated:
+                raise ValueError(f"training.recipes: repeated {', '.join(map(repr, repeated))}")
+        systems = [*BASELINE_SYSTEMS, *self.recipe_keys]
+        named = [
+            (f"evaluation.significance.baselines.{i}", b) for i, b in enumerate(self.evaluation.significance.baselines)
+        ]
         named += [(f"evaluation.references.{i}.system", r.system) for i, r in enumerate(self.evaluation.references)]
         for where, system in named:
             if system not in systems:
@@ -593,6 +633,17 @@ class Profile(StrictModel):
     @property
     def generator_keys(self) -> list[str]:
         return [g.key for g in self.generators]
+
+    @property
+    def recipes(self) -> list[Recipe]:
+        """The recipes trained and scored: the grid of the generators, narrowed by `training.recipes`."""
+        grid = derive_recipes(self.generator_keys)
+        chosen = self.training.recipes
+        return grid if chosen is None else [r for r in grid if r.key in set(chosen)]
+
+    @property
+    def recipe_keys(self) -> list[str]:
+        return [r.key for r in self.recipes]
 
     def generator(self, key: str) -> GeneratorSpec:
         for spec in self.generators:

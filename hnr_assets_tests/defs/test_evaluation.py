@@ -42,7 +42,7 @@ evaluation:
   precision: fp32
   device: cpu
   cache_embeddings: true
-  significance: {baseline: bm25, test: t-test, correction: holm, alpha: 0.05, bootstrap_samples: 200, seed: 0}
+  significance: {baselines: [base-encoder, bm25], test: t-test, correction: holm, alpha: 0.05, bootstrap_samples: 200, seed: 0}
   references:
     - {system: bm25-retrieval, dataset: tiny-a, value: 0.999, tolerance: 0.001, source: made up for the test}
 """
@@ -155,6 +155,7 @@ def test_full_grid_results_mlflow_and_cache(tmp_path: Path, tiny_mirror: Path, m
     assert table["average"].null_count() == 0
     assert sorted(p.name for p in results_dir.iterdir()) == [
         "averages.png",
+        "direction.csv",
         "heatmap.png",
         "results.csv",
         "results.md",
@@ -164,7 +165,10 @@ def test_full_grid_results_mlflow_and_cache(tmp_path: Path, tiny_mirror: Path, m
         "significance.csv",
         "significance.parquet",
     ]
-    assert pl.read_csv(results_dir / "significance.csv").height == 7 * 2  # every system but bm25, per dataset
+    significance = pl.read_csv(results_dir / "significance.csv")
+    # per reference (base-encoder, bm25) and dataset: every other system
+    assert significance.height == 2 * 7 * 2
+    assert significance.group_by("baseline", "dataset").len()["len"].to_list() == [7, 7, 7, 7]
 
     # checks of results: complete passes; the reference (made up: 0.999) fails as WARN; the
     # base-encoder gate agrees with the table
@@ -173,15 +177,22 @@ def test_full_grid_results_mlflow_and_cache(tmp_path: Path, tiny_mirror: Path, m
     assert checks["complete"].passed
     assert not checks["reference_scores"].passed
     assert checks["reference_scores"].severity == dg.AssetCheckSeverity.WARN
-    base = table.filter(pl.col("system") == "base-encoder").row(0, named=True)
-    beats = all(
-        2 * sum(r[d] > base[d] for d in ("tiny-a", "tiny-b")) >= 2
-        for r in table.filter(pl.col("kind") == "recipe").iter_rows(named=True)
+    # the gate: at least 2 recipes significantly better than the base encoder on tiny-a (the training dataset)
+    wins = significance.filter(
+        (pl.col("baseline") == "base-encoder")
+        & (pl.col("dataset") == "tiny-a")
+        & pl.col("system").is_in(RECIPES)
+        & pl.col("significant")
+        & (pl.col("delta") > 0)
     )
-    assert checks["recipes_beat_base_encoder"].passed == beats
+    gate = checks["recipes_beat_base_encoder"]
+    assert gate.passed == (wins.height >= 2)
+    assert sum(gate.metadata[f"significant_wins/{r}"].value for r in RECIPES) == wins.height
     meta = _metadata(result, "results")
     assert meta["cells_missing"] == 0
-    assert "| bm25-retrieval |" in meta["table"] and "(baseline)" in meta["table"]
+    assert "| bm25-retrieval |" in meta["table"] and "bootstrap interval" in meta["table"]
+    assert "Δ vs base-encoder (p)" in meta["comparisons"] and "| llm-g | tiny-a |" in meta["llm_vs_corpus"]
+    assert (results_dir / "results.md").read_text().startswith("Setting: ")
     assert meta["heatmap"].startswith("![nDCG@10 heatmap](data:image/png;base64,")
 
     # MLflow: the encoder's own run carries its scores; one run per baseline; a results run
@@ -240,10 +251,8 @@ def test_results_with_some_scores_missing(tmp_path: Path, tiny_mirror: Path, mod
     assert "| llm-g | missing | missing |" in meta["table"].replace(" — (0/2 scored)", "")
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert not checks["complete"].passed and checks["complete"].severity == dg.AssetCheckSeverity.WARN
-    assert (
-        "ce: no dataset where both it and base-encoder are scored"
-        in checks["recipes_beat_base_encoder"].metadata["problems"].value
-    )
+    gate = checks["recipes_beat_base_encoder"].metadata["problems"].value
+    assert "recipes beat base-encoder on tiny-a" in gate and "ce: 0/0" in gate
     table = pl.read_parquet(settings.data_dir / "evaltest" / "results" / "results.parquet")
     assert table.filter(pl.col("system") == "bm25")["average"][0] is None  # tiny-b not scored: no average
     assert math.isnan(table.filter(pl.col("system") == "bm25")["tiny-a"][0]) is False

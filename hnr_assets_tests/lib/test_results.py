@@ -64,28 +64,76 @@ def test_averages_and_reported_column(score_root: Path) -> None:
     assert res.long.height == len(SYSTEMS) * len(DATASETS) - 1
 
 
-def test_significance_against_the_bm25_recipe(score_root: Path) -> None:
+def test_significance_against_both_references(score_root: Path) -> None:
     res = _collect(score_root)
     tests = res.tests
-    assert set(tests["system"]) == {"bm25-retrieval", "base-encoder", "ce", "all-llms"}  # not bm25 itself
-    ce = tests.filter((pl.col("system") == "ce") & (pl.col("dataset") == "alpha")).row(0, named=True)
+    assert set(tests["baseline"]) == {"base-encoder", "bm25"}
+    vs_bm25 = tests.filter(pl.col("baseline") == "bm25")
+    assert set(vs_bm25["system"]) == {"bm25-retrieval", "base-encoder", "ce", "all-llms"}  # not bm25 itself
+    vs_base = tests.filter(pl.col("baseline") == "base-encoder")
+    assert set(vs_base["system"]) == {"bm25-retrieval", "bm25", "ce", "all-llms"}
+    ce = vs_bm25.filter((pl.col("system") == "ce") & (pl.col("dataset") == "alpha")).row(0, named=True)
     assert ce["significant"] and ce["delta"] > 0.1 and ce["p_t_adjusted"] < 0.001 and ce["n"] == len(QIDS)
     assert ce["p_t_adjusted"] >= ce["p_t"]  # Holm never lowers a p-value
+    # bm25 is 0.1 above the base encoder: significantly better; each family is corrected on its own
+    bm25 = vs_base.filter((pl.col("system") == "bm25") & (pl.col("dataset") == "alpha")).row(0, named=True)
+    assert bm25["significant"] and bm25["delta"] == pytest.approx(0.1, abs=0.01)
+    # all-llms is noisy around bm25: not significantly different from it
+    llm = vs_bm25.filter((pl.col("system") == "all-llms") & (pl.col("dataset") == "alpha")).row(0, named=True)
+    assert not llm["significant"]
     md = results.markdown_table(res)
-    assert "(baseline)" in md and "(p=<0.001)†" in md
+    ce_row = next(line for line in md.splitlines() if line.startswith("| ce |"))
+    assert "▲↑" in ce_row  # better than the base encoder and than bm25
+    base_row = next(line for line in md.splitlines() if line.startswith("| base-encoder |"))
+    assert "↓" in base_row and "▲" not in base_row  # worse than bm25, not compared with itself
+    comparisons = results.comparisons_markdown(res)
+    assert "(reference)" in comparisons and "Δ vs base-encoder (p)" in comparisons and "†" in comparisons
     assert "Holm-corrected" in results.significance_note(res)
     none = _collect(score_root, correction="none", test="bootstrap")
     row = none.tests.filter((pl.col("system") == "ce") & (pl.col("dataset") == "alpha")).row(0, named=True)
     assert row["p_bootstrap_adjusted"] == row["p_bootstrap"]
 
 
-def test_no_baseline_scores_means_no_tests(score_root: Path) -> None:
+def test_each_cell_has_a_bootstrap_interval_around_its_mean(score_root: Path) -> None:
+    res = _collect(score_root)
+    for (_s, _d), cell in res.cells.items():
+        if cell.status != "ok":
+            assert np.isnan(cell.ci[0])
+            continue
+        low, high = cell.ci
+        mean = float(cell.metrics["ndcg@10"])
+        assert low < mean < high
+        # the interval of a mean over 60 queries is about 4 standard errors wide
+        se = float(cell.per_query["ndcg@10"].std()) / np.sqrt(len(QIDS))
+        assert 2.5 * se < high - low < 5.5 * se
+    row = res.table.filter(pl.col("system") == "ce").row(0, named=True)
+    assert row["ci_low:alpha"] == res.cells[("ce", "alpha")].ci[0]
+    assert "[" in results.markdown_table(res) and "95% percentile bootstrap" in results.significance_note(res)
+    narrow = _collect(score_root, confidence=0.5).cells[("ce", "alpha")].ci
+    assert narrow[1] - narrow[0] < res.cells[("ce", "alpha")].ci[1] - res.cells[("ce", "alpha")].ci[0]
+
+
+def test_llm_against_corpus_mined_direction(score_root: Path) -> None:
+    res = _collect(score_root)
+    rows = {(r["system"], r["scope"]): r for r in results.direction_rows(res)}
+    assert set(rows) == {("all-llms", "alpha")}  # beta is missing, so no average either
+    alpha = rows[("all-llms", "alpha")]
+    llm, bm25, ce, base = (res.value(s, "alpha") for s in ("all-llms", "bm25", "ce", "base-encoder"))
+    assert alpha["relative:bm25"] == pytest.approx(llm / bm25 - 1)
+    assert alpha["relative:ce"] == pytest.approx(llm / ce - 1)
+    assert alpha["gain_share:bm25"] == pytest.approx((llm - base) / (bm25 - base))
+    md = results.direction_markdown(res)
+    assert "| all-llms | alpha |" in md and "The study" in md
+
+
+def test_no_reference_scores_means_no_tests(score_root: Path) -> None:
     import shutil
 
     shutil.rmtree(score_root / "bm25")
+    shutil.rmtree(score_root / "base-encoder")
     res = _collect(score_root)
     assert res.tests.height == 0
-    assert "(p=" not in results.markdown_table(res)
+    assert "▲" not in results.markdown_table(res) and "↑" not in results.markdown_table(res)
 
 
 def test_a_broken_folder_is_reported_as_invalid(score_root: Path) -> None:
@@ -117,9 +165,16 @@ def test_reference_and_base_encoder_gates(score_root: Path) -> None:
     assert results.reference_problems(res, [Ref("all-llms", "beta", 0.5)]) == [
         "all-llms on beta: not measured (missing)"
     ]
-    assert results.beats_base_problems(res, ["bm25", "ce", "all-llms"]) == []
-    worse = results.beats_base_problems(_collect(score_root), ["bm25"], base="ce")
-    assert worse == ["bm25: beats ce on 0 of 2 datasets"]
+    # bm25 and ce beat the base encoder significantly on alpha; all-llms too (it is bm25 plus noise)
+    assert results.beats_base_problems(res, ["bm25", "ce", "all-llms"], dataset="alpha") == []
+    assert results.beats_base_outcomes(res, ["bm25", "ce"], dataset="alpha") == {"bm25": (1, 1), "ce": (1, 1)}
+    assert results.beats_base_problems(res, ["bm25", "ce"], dataset=None) == []  # both datasets
+    (few,) = results.beats_base_problems(res, ["bm25"], dataset="alpha", min_recipes=2, base="bm25-retrieval")
+    assert few.startswith("bm25-retrieval is not a reference system")
+    # with bm25-retrieval as the reference, bm25 (0.05 below it) does not beat it: a problem naming the count
+    ref = _collect(score_root, baselines=("bm25-retrieval",))
+    (problem,) = results.beats_base_problems(ref, ["bm25", "ce"], dataset="alpha", base="bm25-retrieval")
+    assert problem.startswith("1 of 2 recipes beat bm25-retrieval on alpha") and "bm25: 0/1" in problem
 
 
 def test_plots_are_png_files(score_root: Path, tmp_path: Path) -> None:
