@@ -32,6 +32,39 @@ class Step:
     status: str
     seconds: float
     peak_rss_mib: float | None = None
+    stage: str = ""
+
+
+# CPU flags that decide the speed of the local profile (bf16 autocast, int8 kernels); shown with every run.
+CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+
+
+def describe_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """`<model name>, <n> CPUs, flags: ...` (the flags of `CPU_FLAGS_SHOWN` the CPU has), for run reports."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return f"unknown CPU, {os.cpu_count()} CPUs"
+    model, flags = "unknown CPU", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown CPU":
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    shown = " ".join(f for f in CPU_FLAGS_SHOWN if f in flags) or "none of " + "/".join(CPU_FLAGS_SHOWN)
+    return f"{model}, {len(os.sched_getaffinity(0))} CPUs, flags: {shown}"
+
+
+def stage_summary(steps: list[Step]) -> list[str]:
+    """One line per stage (asset group): materializations and their summed seconds, in run order."""
+    totals: dict[str, list[float]] = {}
+    for step in steps:
+        if step.status == "materialized":
+            entry = totals.setdefault(step.stage or "-", [0, 0.0])
+            entry[0] += 1
+            entry[1] += step.seconds
+    return [f"  {stage:<12} {int(n):4d} materialized {sec:9.1f} s" for stage, (n, sec) in totals.items()]
 
 
 def _latest_record(instance, key, partition):
@@ -150,7 +183,7 @@ def run_demo(
             name = key.to_user_string()
             if not force and is_up_to_date(instance, graph, key, partition, node.code_version, run_tags):
                 log.info("%s [%s]: up to date, skipped", name, partition or "-")
-                steps.append(Step(name, partition, "up to date", 0.0))
+                steps.append(Step(name, partition, "up to date", 0.0, stage=node.group_name or ""))
                 continue
             log.info("%s [%s]: materializing", name, partition or "-")
             started = time.perf_counter()
@@ -175,7 +208,7 @@ def run_demo(
                 f"{resident:.0f}" if resident is not None else "?",
                 peak,
             )
-            steps.append(Step(name, partition, "materialized", seconds, peak))
+            steps.append(Step(name, partition, "materialized", seconds, peak, stage=node.group_name or ""))
     return steps
 
 
@@ -314,7 +347,16 @@ def main(argv: list[str] | None = None) -> int:
         + (f"  peak RSS so far {s.peak_rss_mib:6.0f} MiB" if s.peak_rss_mib is not None else "")
         for s in steps
     ]
+    lines.append("time per stage:")
+    lines += stage_summary(steps)
     lines.append(f"wall time {wall:.1f} s, peak RSS {peak_mib():.0f} MiB; data root {settings.data_dir}")
+    lines.append(f"CPU: {describe_cpu()}")
+    from hnr_assets.profiles import load_profile
+
+    table = settings.data_dir / load_profile(settings.profile_path).name / "results" / "results.md"
+    if table.is_file():
+        lines.append(f"results ({table}):")
+        lines.append(table.read_text(encoding="utf-8").split("\n\nPaired comparisons:", 1)[0])
     lines.append(f"open the UI with `make dev` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

@@ -93,6 +93,40 @@ def averages_bar(results: Results, target: Path, dpi: int = 110) -> Path:
     return _save(fig, plt, target, dpi)
 
 
+def intervals(results: Results, target: Path, dpi: int = 110) -> Path:
+    """Per dataset, each system's primary metric with its bootstrap interval, the base encoder's as a band.
+
+    One panel per dataset (systems on the y axis, in table order); a missing cell is labelled, not drawn.
+    """
+    plt = _pyplot()
+    n = max(len(results.datasets), 1)
+    fig, axes = plt.subplots(
+        1, n, figsize=(3.6 * n + 2.0, 0.36 * len(results.systems) + 1.8), sharey=True, layout="constrained"
+    )
+    axes = [axes] if n == 1 else list(axes)
+    ys = list(range(len(results.systems)))
+    for ax, dataset in zip(axes, results.datasets, strict=False):
+        base = results.cells.get(("base-encoder", dataset))
+        if base is not None and base.status == "ok" and not math.isnan(base.ci[0]):
+            ax.axvspan(base.ci[0], base.ci[1], color="#d9d9d9", zorder=0, label="base-encoder interval")
+        for y, system in zip(ys, results.systems, strict=True):
+            cell = results.cells[(system, dataset)]
+            if cell.status != "ok":
+                ax.text(0.02, y, cell.status, transform=ax.get_yaxis_transform(), va="center", fontsize=8)
+                continue
+            mean = float(cell.metrics[PRIMARY_METRIC])
+            low, high = cell.ci
+            color = "#7f7f7f" if system in ("bm25-retrieval", "base-encoder") else "#1f77b4"
+            ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="o", color=color, capsize=3, markersize=4)
+        ax.set_title(dataset, fontsize=9)
+        ax.set_xlabel(PRIMARY_METRIC)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(ys, results.systems)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{PRIMARY_METRIC} with {results.settings.confidence:.0%} bootstrap intervals")
+    return _save(fig, plt, target, dpi)
+
+
 def _save(fig, plt, target: Path, dpi: int) -> Path:
     with atomic_path(Path(target)) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")

@@ -157,6 +157,7 @@ def test_full_grid_results_mlflow_and_cache(tmp_path: Path, tiny_mirror: Path, m
         "averages.png",
         "direction.csv",
         "heatmap.png",
+        "intervals.png",
         "results.csv",
         "results.md",
         "results.parquet",

@@ -183,7 +183,8 @@ def test_plots_are_png_files(score_root: Path, tmp_path: Path) -> None:
     res = _collect(score_root)
     heat = plots.heatmap(res, tmp_path / "out" / "heatmap.png")
     bars = plots.averages_bar(res, tmp_path / "out" / "averages.png")
-    for path in (heat, bars):
+    spans = plots.intervals(res, tmp_path / "out" / "intervals.png")
+    for path in (heat, bars, spans):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert matplotlib.image.imread(path).shape[0] > 200
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["averages.png", "heatmap.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["averages.png", "heatmap.png", "intervals.png"]

@@ -236,7 +236,8 @@ def build_defs(profile: Profile) -> dg.Definitions:
             + " and ".join(f"`{b}`" for b in settings.significance.baselines)
             + " per dataset, the study's question (LLM against corpus-mined negatives, relative), the study's "
             "reported averages beside ours, a heatmap and a bar chart. Files: results.{csv,parquet,md}, "
-            "significance.{csv,parquet}, scores_long.{csv,parquet}, heatmap.png, averages.png. Works "
+            "significance.{csv,parquet}, scores_long.{csv,parquet}, direction.csv, heatmap.png, averages.png, "
+            "intervals.png. Works "
             "with only some `scores` partitions: missing cells are shown as missing."
         ),
     )
@@ -277,6 +278,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
             )
             plots.heatmap(table, tmp / "heatmap.png")
             plots.averages_bar(table, tmp / "averages.png")
+            plots.intervals(table, tmp / "intervals.png")
 
         averages = {
             f"average/{_mlflow_name(r['system'])}/ndcg_at_10": r["average"]
@@ -331,6 +333,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 "missing": dg.MetadataValue.md(missing_md),
                 "heatmap": dg.MetadataValue.md(_image_md(target / "heatmap.png", "nDCG@10 heatmap")),
                 "averages": dg.MetadataValue.md(_image_md(target / "averages.png", "average nDCG@10")),
+                "intervals": dg.MetadataValue.md(_image_md(target / "intervals.png", "nDCG@10 with intervals")),
                 "heatmap_png": dg.MetadataValue.path(str(target / "heatmap.png")),
                 "averages_png": dg.MetadataValue.path(str(target / "averages.png")),
                 "results_csv": dg.MetadataValue.path(str(target / "results.csv")),
