@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hnr_assets.lib.memory import peak_mib, release_free_memory, status_mib
+from hnr_assets.lib.runtime.memory import peak_mib, release_free_memory, status_mib
 
 log = logging.getLogger("hnr.demo")
 
@@ -90,7 +90,7 @@ def release_dead_demo_runs(instance) -> list[str]:
     import dagster as dg
     from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-    from hnr_assets.lib.io import pid_alive
+    from hnr_assets.lib.runtime.io import pid_alive
 
     host = socket.gethostname()
     released = []
@@ -229,7 +229,7 @@ def submit_backfill(
     from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
 
-    from hnr_assets.lib.errors import ConfigError
+    from hnr_assets.lib.runtime.errors import ConfigError
 
     graph = defs.resolve_asset_graph()
     keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable]

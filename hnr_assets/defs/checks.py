@@ -52,7 +52,7 @@ def negative_set_check_specs(asset: str, min_full_share: float) -> list[dg.Asset
 
 def negative_set_check_results(negatives, pairs, min_full_share: float) -> list[dg.AssetCheckResult]:
     """Evaluate `negative_set_check_specs` on a stored negative set and the training pairs."""
-    from hnr_assets.lib.negatives import coverage, validate_negatives
+    from hnr_assets.lib.mining.negatives import coverage, validate_negatives
 
     problems = validate_negatives(negatives)
     results = [problems_result(name, problems[name]) for name in ("schema", "not_positive", "distinct")]

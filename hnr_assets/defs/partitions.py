@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from hnr_assets.lib.recipes import BASELINE_SYSTEMS, Recipe, derive_recipes
+from hnr_assets.lib.training.recipes import BASELINE_SYSTEMS, Recipe, derive_recipes
 from hnr_assets.profiles.schema import Profile
 
 
@@ -19,7 +19,7 @@ def generator_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:
 
 
 def recipes(profile: Profile) -> list[Recipe]:
-    """The recipe grid of the profile (see `lib.recipes`)."""
+    """The recipe grid of the profile (see `lib.training.recipes`)."""
     return derive_recipes(profile.generator_keys)
 
 

@@ -11,11 +11,11 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from hnr_assets.lib.download import BEIR_MD5, beir_url
-from hnr_assets.lib.errors import ConfigError
-from hnr_assets.lib.io import check_safe_name
-from hnr_assets.lib.names import check_model_reference, check_revision, check_url
-from hnr_assets.lib.recipes import GENERATOR_KEY_MAX, system_keys
+from hnr_assets.lib.data.download import BEIR_MD5, beir_url
+from hnr_assets.lib.runtime.errors import ConfigError
+from hnr_assets.lib.runtime.io import check_safe_name
+from hnr_assets.lib.runtime.names import check_model_reference, check_revision, check_url
+from hnr_assets.lib.training.recipes import GENERATOR_KEY_MAX, system_keys
 
 
 def _dataset_name(value: str) -> str:
@@ -26,7 +26,7 @@ def _dataset_name(value: str) -> str:
 
 
 def _as_value_error(check, *args, **kwargs):
-    """Run a `lib.names` check; its ConfigError becomes the ValueError pydantic reports with the key."""
+    """Run a `lib.runtime.names` check; its ConfigError becomes the ValueError pydantic reports with the key."""
 
     def validate(value):
         try:
@@ -120,7 +120,7 @@ def _generator_model(spec: GeneratorSpec) -> str:
 
 
 def _prompt_id(value: str) -> str:
-    from hnr_assets.lib.prompts import available_prompts
+    from hnr_assets.lib.generation.prompts import available_prompts
 
     try:
         check_safe_name(value, "prompt template id")
@@ -215,8 +215,8 @@ class GeneratorSpec(StrictModel):
         if self.backend != "openai" and self.endpoint:
             raise ValueError(f"generator {self.key!r}: endpoint is only used by backend 'openai'")
         object.__setattr__(self, "model", _generator_model(self))
-        from hnr_assets.lib.negatives import NEGATIVES_PER_PAIR
-        from hnr_assets.lib.prompts import load_prompt
+        from hnr_assets.lib.generation.prompts import load_prompt
+        from hnr_assets.lib.mining.negatives import NEGATIVES_PER_PAIR
 
         asked = load_prompt(self.prompt).count * self.completions * self.max_attempts
         if asked < NEGATIVES_PER_PAIR:
@@ -228,7 +228,7 @@ class GeneratorSpec(StrictModel):
 
 
 class ValidationSettings(StrictModel):
-    """Which generated passages are kept (see `lib.llm_output.ValidationRules`)."""
+    """Which generated passages are kept (see `lib.generation.llm_output.ValidationRules`)."""
 
     min_words: int = Field(default=8, ge=1, description="Fewer words: rejected as too_short.")
     max_words: int | None = Field(default=400, ge=1, description="More words: rejected as too_long.")

@@ -1,7 +1,7 @@
 """The BM25 engine as a resource: one abstract resource, two real implementations (Lucene and bm25s).
 
 Assets take `bm25: BM25Resource`; `build_resources` puts the implementation the profile names under the
-key `bm25`. The engines themselves live in `hnr_assets.lib.bm25` (Dagster-free).
+key `bm25`. The engines themselves live in `hnr_assets.lib.retrieval.bm25` (Dagster-free).
 """
 
 from dataclasses import replace
@@ -10,7 +10,7 @@ from typing import ClassVar
 import dagster as dg
 from pydantic import Field
 
-from hnr_assets.lib.bm25 import BM25Config, BM25Engine, make_engine
+from hnr_assets.lib.retrieval.bm25 import BM25Config, BM25Engine, make_engine
 from hnr_assets.profiles.schema import BM25Settings
 
 

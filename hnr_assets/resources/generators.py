@@ -30,7 +30,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from hnr_assets.lib.backends import (
+from hnr_assets.lib.generation.backends import (
     Completion,
     EngineStats,
     GenerationBackendError,
@@ -45,8 +45,8 @@ from hnr_assets.lib.backends import (
     render_chat,
     vllm_sampling_kwargs,
 )
-from hnr_assets.lib.errors import ConfigError
-from hnr_assets.lib.remote_code import trust_remote_code
+from hnr_assets.lib.runtime.errors import ConfigError
+from hnr_assets.lib.runtime.remote_code import trust_remote_code
 
 log = logging.getLogger(__name__)
 LogFn = Callable[[str], None]

@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 import dagster as dg
 from pydantic import Field
 
-from hnr_assets.lib.errors import HnrError
-from hnr_assets.lib.io import pid_alive, process_start
+from hnr_assets.lib.runtime.errors import HnrError
+from hnr_assets.lib.runtime.io import pid_alive, process_start
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -10,7 +10,7 @@ import pytest
 
 from hnr_assets.cli import run_demo
 from hnr_assets.definitions import build_defs
-from hnr_assets.lib.beir import load_qrels
+from hnr_assets.lib.data.beir import load_qrels
 from hnr_assets.settings import Settings
 from hnr_assets_tests.fixtures import make_tiny_dataset
 

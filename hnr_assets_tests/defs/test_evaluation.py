@@ -1,7 +1,7 @@
 """`scores` and `results` on a real Dagster instance, a real MLflow store and tiny real encoders.
 
 The upstream stages (mining's `bm25_scores`, training's `base_encoder` and `encoders`) are written here
-to their contracts: a lexical run scored with `lib.scores`, tiny random sentence-transformers folders,
+to their contracts: a lexical run scored with `lib.evaluation.scores`, tiny random sentence-transformers folders,
 and `training.json` files naming real MLflow runs.
 """
 
@@ -18,8 +18,8 @@ import pytest
 
 from hnr_assets.cli import run_demo
 from hnr_assets.definitions import build_defs
-from hnr_assets.lib.beir import load_qrels
-from hnr_assets.lib.scores import score_run, write_scores
+from hnr_assets.lib.data.beir import load_qrels
+from hnr_assets.lib.evaluation.scores import score_run, write_scores
 from hnr_assets.settings import Settings
 from hnr_assets_tests.encoder_fixtures import make_tiny_encoder, write_training_json
 

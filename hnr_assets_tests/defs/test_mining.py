@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from hnr_assets.definitions import build_defs
-from hnr_assets.lib.negatives import NEGATIVES_SCHEMA
+from hnr_assets.lib.mining.negatives import NEGATIVES_SCHEMA
 from hnr_assets.settings import Settings
 from hnr_assets_tests.fixtures import make_tiny_dataset
 

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 from hnr_assets.definitions import build_defs
-from hnr_assets.lib.ce_filter import false_negative_mask
+from hnr_assets.lib.mining.ce_filter import false_negative_mask
 from hnr_assets.settings import Settings
 from hnr_assets_tests.fixtures import make_tiny_dataset
 from hnr_assets_tests.training_fixtures import single_torch_thread, write_negative_sets

@@ -9,11 +9,11 @@ import polars as pl
 from hnr_assets.defs.checks import contract_spec, problems_result
 from hnr_assets.defs.execution import each_partition, run_policy
 from hnr_assets.defs.partitions import dataset_partitions
-from hnr_assets.lib.beir import convert_beir_split, dataset_files, validate_stored_split
-from hnr_assets.lib.io import atomic_dir, file_sha256
-from hnr_assets.lib.pairs import build_pairs, validate_pairs
-from hnr_assets.lib.report import md_table
-from hnr_assets.lib.sources import ResolvedSource
+from hnr_assets.lib.data.beir import convert_beir_split, dataset_files, validate_stored_split
+from hnr_assets.lib.data.pairs import build_pairs, validate_pairs
+from hnr_assets.lib.data.sources import ResolvedSource
+from hnr_assets.lib.runtime.io import atomic_dir, file_sha256
+from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.profiles.schema import Profile
 from hnr_assets.resources.datasets import DatasetSourcesResource
 from hnr_assets.resources.storage import StorageResource

@@ -26,11 +26,8 @@ import polars as pl
 from hnr_assets.defs.checks import contract_spec, problems_result, quality_spec
 from hnr_assets.defs.execution import each_partition, run_policy
 from hnr_assets.defs.partitions import recipes, system_dataset_partitions, system_keys
-from hnr_assets.lib.beir import load_qrels
-from hnr_assets.lib.dense import EmbeddingCache, EncodeOptions
-from hnr_assets.lib.errors import DataValidationError, HnrError
-from hnr_assets.lib.report import md_table
-from hnr_assets.lib.scores import (
+from hnr_assets.lib.data.beir import load_qrels
+from hnr_assets.lib.evaluation.scores import (
     METRICS,
     evaluate_dense,
     metrics_out_of_range,
@@ -41,6 +38,9 @@ from hnr_assets.lib.scores import (
     validate_run,
     write_scores,
 )
+from hnr_assets.lib.retrieval.dense import EmbeddingCache, EncodeOptions
+from hnr_assets.lib.runtime.errors import DataValidationError, HnrError
+from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.profiles.schema import Profile
 from hnr_assets.resources.mlflow import MlflowResource, TrackedRun
 from hnr_assets.resources.storage import StorageResource
@@ -237,9 +237,9 @@ def build_defs(profile: Profile) -> dg.Definitions:
 
         # matplotlib keeps a font cache; under the data root rather than in the user's home.
         os.environ.setdefault("MPLCONFIGDIR", str(storage.shared_dir("cache", "matplotlib")))
-        from hnr_assets.lib import plots
-        from hnr_assets.lib import results as lib_results
-        from hnr_assets.lib.io import atomic_dir
+        from hnr_assets.lib.evaluation import plots
+        from hnr_assets.lib.evaluation import results as lib_results
+        from hnr_assets.lib.runtime.io import atomic_dir
 
         sig = settings.significance
         table = lib_results.collect(

@@ -9,9 +9,10 @@ import polars as pl
 from hnr_assets.defs.checks import negative_set_check_results, negative_set_check_specs
 from hnr_assets.defs.execution import run_policy, versioned
 from hnr_assets.defs.partitions import generator_partitions
-from hnr_assets.lib import generator_models as gm
-from hnr_assets.lib.errors import ConfigError, SourceNotFoundError
-from hnr_assets.lib.generation import (
+from hnr_assets.lib.generation import generator_models as gm
+from hnr_assets.lib.generation.llm_output import REASONS, ValidationRules
+from hnr_assets.lib.generation.prompts import load_prompt
+from hnr_assets.lib.generation.runner import (
     SHARD_TABLES,
     GenerationPlan,
     collect_outputs,
@@ -20,13 +21,12 @@ from hnr_assets.lib.generation import (
     summarize,
     write_outputs,
 )
-from hnr_assets.lib.io import file_sha256, write_text
-from hnr_assets.lib.llm_output import REASONS, ValidationRules
-from hnr_assets.lib.progress import Progress
-from hnr_assets.lib.prompts import load_prompt
-from hnr_assets.lib.recipes import llm_source
-from hnr_assets.lib.report import md_table
-from hnr_assets.lib.shards import ShardStore
+from hnr_assets.lib.generation.shards import ShardStore
+from hnr_assets.lib.runtime.errors import ConfigError, SourceNotFoundError
+from hnr_assets.lib.runtime.io import file_sha256, write_text
+from hnr_assets.lib.runtime.progress import Progress
+from hnr_assets.lib.runtime.report import md_table
+from hnr_assets.lib.training.recipes import llm_source
 from hnr_assets.profiles.schema import GeneratorSpec, Profile
 from hnr_assets.resources.generators import GeneratorBackendsResource, OpenAIBackend, sampling_of
 from hnr_assets.resources.mlflow import MlflowResource

@@ -20,11 +20,10 @@ from hnr_assets.defs.checks import (
 )
 from hnr_assets.defs.execution import each_partition, run_policy
 from hnr_assets.defs.partitions import dataset_partitions
-from hnr_assets.lib.bm25 import ANSERINI_FLAT_NDCG10, REFERENCE_TOLERANCE, IndexHandle, config_dict, hits_to_run
-from hnr_assets.lib.cross_encoder import TINY_RANDOM, read_manifest, sanity_check
-from hnr_assets.lib.io import atomic_dir, frame_fingerprint
-from hnr_assets.lib.metrics import evaluate_run
-from hnr_assets.lib.mining import (
+from hnr_assets.lib.evaluation.metrics import evaluate_run
+from hnr_assets.lib.mining.cross_encoder import TINY_RANDOM, read_manifest, sanity_check
+from hnr_assets.lib.mining.negatives import NEGATIVES_PER_PAIR
+from hnr_assets.lib.mining.selection import (
     RankWindow,
     annotate_hits,
     bm25_ranks,
@@ -34,9 +33,16 @@ from hnr_assets.lib.mining import (
     select_ce_negatives,
     short_reason_ce,
 )
-from hnr_assets.lib.negatives import NEGATIVES_PER_PAIR
-from hnr_assets.lib.progress import Progress
-from hnr_assets.lib.report import md_table
+from hnr_assets.lib.retrieval.bm25 import (
+    ANSERINI_FLAT_NDCG10,
+    REFERENCE_TOLERANCE,
+    IndexHandle,
+    config_dict,
+    hits_to_run,
+)
+from hnr_assets.lib.runtime.io import atomic_dir, frame_fingerprint
+from hnr_assets.lib.runtime.progress import Progress
+from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.profiles.schema import Profile
 from hnr_assets.resources.bm25 import BM25Resource
 from hnr_assets.resources.cross_encoder import CrossEncoderResource
@@ -285,7 +291,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         ],
         description=(
             f"The cross-encoder `{ce_spec.model}` (files under cross_encoder/, loaded with "
-            "hnr_assets.lib.cross_encoder.load_cross_encoder): ONNX run with onnxruntime, or a Hugging Face "
+            "hnr_assets.lib.mining.cross_encoder.load_cross_encoder): ONNX run with onnxruntime, or a Hugging Face "
             "model run with PyTorch."
         ),
     )

@@ -2,9 +2,9 @@
 
 Files (under `<data root>/<profile>/`):
 - `llm_negatives_ce_scores/<generator>/scores.parquet`: cross-encoder probability of every LLM negative
-  and of its pair's positive (`lib.training_sets.CE_SCORES_SCHEMA`), with `manifest.json` (the sha256 of
+  and of its pair's positive (`lib.training.training_sets.CE_SCORES_SCHEMA`), with `manifest.json` (the sha256 of
   the negative file scored, so stale scores are refused).
-- `training_sets/<recipe>/training_set.parquet` (`lib.training_sets.training_set_schema`),
+- `training_sets/<recipe>/training_set.parquet` (`lib.training.training_sets.training_set_schema`),
   `split.parquet` (query_id, split) and `manifest.json` (sources, settings, content hashes).
 - `base_encoder/model/` (sentence-transformers folder) and `base_encoder/base_encoder.json`.
 - `encoders/<recipe>/model/` (sentence-transformers folder), `training.json`, `history.json`.
@@ -31,13 +31,13 @@ from hnr_assets.defs.checks import contract_spec, problems_result, quality_spec
 from hnr_assets.defs.execution import each_partition, run_policy
 from hnr_assets.defs.partitions import generator_partitions, recipe_partitions, recipes
 from hnr_assets.defs.training.config import config_class, merge
-from hnr_assets.lib.errors import ConfigError, DataValidationError
-from hnr_assets.lib.io import atomic_dir, file_sha256, frame_fingerprint, pid_alive
-from hnr_assets.lib.negatives import NEGATIVES_SCHEMA
-from hnr_assets.lib.progress import Progress
-from hnr_assets.lib.recipes import Recipe, llm_source
-from hnr_assets.lib.report import md_table
-from hnr_assets.lib.training_sets import (
+from hnr_assets.lib.mining.negatives import NEGATIVES_SCHEMA
+from hnr_assets.lib.runtime.errors import ConfigError, DataValidationError
+from hnr_assets.lib.runtime.io import atomic_dir, file_sha256, frame_fingerprint, pid_alive
+from hnr_assets.lib.runtime.progress import Progress
+from hnr_assets.lib.runtime.report import md_table
+from hnr_assets.lib.training.recipes import Recipe, llm_source
+from hnr_assets.lib.training.training_sets import (
     CE_SCORES_SCHEMA,
     apply_ce_filter,
     assemble_training_set,
@@ -163,7 +163,7 @@ def ce_scores_asset(profile: Profile) -> dg.AssetsDefinition:
         description=(
             "Cross-encoder probability of each LLM-written negative and of its pair's positive (partition = "
             "generator), scored by the mining stage's cross-encoder (cross_encoder/), for the `-filtered` "
-            "recipes: the positive-aware rule of the cross-encoder miner (lib/ce_filter.py) drops negatives "
+            "recipes: the positive-aware rule of the cross-encoder miner (lib/mining/ce_filter.py) drops negatives "
             "that score as likely positives."
         ),
     )
@@ -406,7 +406,7 @@ def base_encoder_asset(profile: Profile) -> dg.AssetsDefinition:
         ),
     )
     def base_encoder(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-        from hnr_assets.lib.encoder_models import build_base_encoder
+        from hnr_assets.lib.training.encoder_models import build_base_encoder
 
         started = time.perf_counter()
         target = storage.asset_dir("base_encoder")
@@ -470,7 +470,7 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
     def encoders(
         context: dg.AssetExecutionContext, config: EncoderConfig, storage: StorageResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        from hnr_assets.lib.encoder_training import PRIMARY, metric_name, train_encoder, validation_data
+        from hnr_assets.lib.training.encoder_training import PRIMARY, metric_name, train_encoder, validation_data
 
         recipe = by_key[context.partition_key]
         where = f"encoders[{recipe.key}]"
