@@ -60,7 +60,8 @@ def worker_bm25(backend: str, threads: int, work: Path, datasets: Path) -> dict:
     import polars as pl
 
     from hnr_assets.lib.mining.selection import RankWindow, annotate_hits, query_positives, select_bm25_negatives
-    from hnr_assets.lib.retrieval.bm25 import BM25Config, make_engine
+    from hnr_assets.lib.retrieval.base import BM25Config
+    from hnr_assets.lib.retrieval.bm25 import make_engine
 
     pairs, corpus, qrels = _scifact_train(work, datasets)
     engine = make_engine(BM25Config(backend=backend, threads=threads, java_heap="1g"))
@@ -93,7 +94,8 @@ def _ce_pairs(work: Path, datasets: Path, n: int) -> tuple[list[str], list[str]]
     import polars as pl
 
     from hnr_assets.lib.data.pairs import passage_expr
-    from hnr_assets.lib.retrieval.bm25 import BM25Config, make_engine
+    from hnr_assets.lib.retrieval.base import BM25Config
+    from hnr_assets.lib.retrieval.bm25 import make_engine
 
     pairs, corpus, _ = _scifact_train(work, datasets)
     engine = make_engine(BM25Config(backend="bm25s"))

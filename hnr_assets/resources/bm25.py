@@ -10,7 +10,8 @@ from typing import ClassVar
 import dagster as dg
 from pydantic import Field
 
-from hnr_assets.lib.retrieval.bm25 import BM25Config, BM25Engine, make_engine
+from hnr_assets.lib.retrieval.base import BM25Config, BM25Engine
+from hnr_assets.lib.retrieval.bm25 import make_engine
 from hnr_assets.profiles.schema import BM25Settings
 
 

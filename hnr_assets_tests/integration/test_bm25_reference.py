@@ -12,13 +12,8 @@ from hnr_assets.lib.data.pairs import build_pairs
 from hnr_assets.lib.evaluation.metrics import evaluate_run
 from hnr_assets.lib.mining.negatives import coverage, validate_negatives
 from hnr_assets.lib.mining.selection import RankWindow, annotate_hits, query_positives, select_bm25_negatives
-from hnr_assets.lib.retrieval.bm25 import (
-    ANSERINI_FLAT_NDCG10,
-    REFERENCE_TOLERANCE,
-    BM25Config,
-    hits_to_run,
-    make_engine,
-)
+from hnr_assets.lib.retrieval.base import BM25Config
+from hnr_assets.lib.retrieval.bm25 import ANSERINI_FLAT_NDCG10, REFERENCE_TOLERANCE, hits_to_run, make_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

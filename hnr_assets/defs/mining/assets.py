@@ -33,13 +33,8 @@ from hnr_assets.lib.mining.selection import (
     select_ce_negatives,
     short_reason_ce,
 )
-from hnr_assets.lib.retrieval.bm25 import (
-    ANSERINI_FLAT_NDCG10,
-    REFERENCE_TOLERANCE,
-    IndexHandle,
-    config_dict,
-    hits_to_run,
-)
+from hnr_assets.lib.retrieval.base import IndexHandle
+from hnr_assets.lib.retrieval.bm25 import ANSERINI_FLAT_NDCG10, REFERENCE_TOLERANCE, config_dict, hits_to_run
 from hnr_assets.lib.runtime.io import atomic_dir, frame_fingerprint
 from hnr_assets.lib.runtime.progress import Progress
 from hnr_assets.lib.runtime.report import md_table

@@ -14,7 +14,8 @@ and Anserini's regressions, in a child JVM:
   millions of hit objects across the Java bridge.
 
 Query ids are replaced by surrogates (`q0`, `q1`, ...) in the topics file, so any BEIR id works; document
-ids may contain spaces (they are parsed from the run file's fixed trailing columns).
+ids may contain spaces (they are parsed from the run file's fixed trailing columns). `LuceneEngine` is the
+`lib.retrieval.base.BM25Engine` over these programs.
 
 References:
     Lin et al., Pyserini: A Python Toolkit for Reproducible Information Retrieval Research with Sparse
@@ -24,17 +25,33 @@ References:
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import math
 import re
 import shutil
 import subprocess
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
+from hnr_assets.lib.retrieval.base import (
+    HITS_SCHEMA,
+    INDEX_FORMAT,
+    MANIFEST,
+    BM25Engine,
+    IndexHandle,
+    Log,
+    iter_passages,
+    nolog,
+)
 from hnr_assets.lib.runtime.children import die_with_parent
 from hnr_assets.lib.runtime.errors import ConfigError, HnrError
+from hnr_assets.lib.runtime.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +233,6 @@ def search_collection(
     Returns:
         Hits `query_id, doc_id, rank, score` (ranks 1..k per query, score descending).
     """
-    from hnr_assets.lib.retrieval.bm25 import HITS_SCHEMA
-
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         surrogates = queries.select(
@@ -277,8 +292,6 @@ def parse_trec_run(path: Path) -> pl.DataFrame:
 
     Ranks are recomputed from the file order within each query (Anserini writes them best first).
     """
-    from hnr_assets.lib.retrieval.bm25 import HITS_SCHEMA
-
     if Path(path).stat().st_size == 0:
         return pl.DataFrame(schema=HITS_SCHEMA)
     lines = pl.read_csv(
@@ -295,3 +308,112 @@ def parse_trec_run(path: Path) -> pl.DataFrame:
         (pl.int_range(pl.len()).over("query_id") + 1).cast(pl.Int32).alias("rank"),
         pl.col("score").cast(pl.Float64),
     )
+
+
+# ------------------------------------------------------------------------------------------- Lucene
+
+
+class LuceneEngine(BM25Engine):
+    """Lucene BM25 through Anserini (pyserini's engine), in a child JVM (the functions above)."""
+
+    backend = "pyserini"
+
+    def _build(self, corpus_path: Path, index_dir: Path, scratch: Path, log: Log) -> dict[str, int]:
+        if self.config.prebuilt_index:
+            raise ConfigError("a prebuilt index is fetched, not built: use fetch_prebuilt")
+        collection = scratch / "collection"
+        documents = write_json_collection(corpus_path, collection, shards=self.config.threads)
+        log(f"pyserini: wrote {documents} documents as JsonCollection; indexing with {self.config.threads} threads")
+        counts = index_collection(
+            collection,
+            index_dir,
+            stemmer=self.config.stemmer,
+            keep_stopwords=self.config.keep_stopwords,
+            threads=self.config.threads,
+            log_path=index_dir.parent / "indexing.log",
+            java_home=self.config.java_home,
+            heap=self.config.java_heap,
+        )
+        shutil.rmtree(scratch, ignore_errors=True)
+        if counts["indexed"] + counts["empty"] != documents:
+            raise HnrError(
+                f"Anserini indexed {counts['indexed']} and skipped {counts['empty']} empty documents "
+                f"of {documents} (log: {index_dir.parent / 'indexing.log'})"
+            )
+        return {"documents": documents, "empty": counts["empty"]}
+
+    def fetch_prebuilt(self, target: Path, cache_dir: Path, log: Log = nolog) -> IndexHandle:
+        """Make a pyserini prebuilt index available: Anserini downloads it into `cache_dir` on a probe search.
+
+        The prebuilt indexes are built with Anserini's default analyzer (Porter, stopwords dropped).
+        """
+        name = self.config.prebuilt_index
+        if not name:
+            raise ConfigError("no prebuilt_index is set")
+        if self.config.stemmer != "porter" or self.config.keep_stopwords:
+            raise ConfigError(
+                f"prebuilt index {name!r} was built with the Porter stemmer and stopwords dropped; "
+                "set stemmer: porter and keep_stopwords: false, or index the corpus yourself"
+            )
+        started = time.perf_counter()
+        with atomic_dir(Path(target)) as tmp:
+            manifest = {
+                "format": INDEX_FORMAT,
+                **self.fingerprint(),
+                "k1": self.config.k1,
+                "b": self.config.b,
+                "documents": None,
+                "prebuilt_index": name,
+                "index_cache": str(cache_dir),
+            }
+            handle = IndexHandle(tmp, manifest)
+            probe = pl.DataFrame({"query_id": ["probe"], "text": ["what is a hard negative"]})
+            log(f"pyserini: fetching the prebuilt index {name!r} into {cache_dir} (several GB on first use)")
+            hits = self.search(handle, probe, 10, log)
+            if hits.height == 0:
+                raise HnrError(f"prebuilt index {name!r} returned no hit for a probe query")
+            manifest["seconds"] = round(time.perf_counter() - started, 2)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        return IndexHandle(Path(target), manifest)
+
+    def _search(self, index: IndexHandle, queries: pl.DataFrame, k: int, log: Log) -> pl.DataFrame:
+        cache = index.manifest.get("index_cache")
+        return search_collection(
+            index.location,
+            queries,
+            k,
+            k1=self.config.k1,
+            b=self.config.b,
+            stemmer=self.config.stemmer,
+            keep_stopwords=self.config.keep_stopwords,
+            threads=self.config.threads,
+            work_dir=index.folder.parent / f".search-{uuid.uuid4().hex[:10]}",
+            java_home=self.config.java_home,
+            heap=self.config.java_heap,
+            index_cache=Path(cache) if cache else None,
+            on_log=log,
+        )
+
+
+def write_json_collection(corpus_path: Path, folder: Path, shards: int = 1, docs_per_shard: int = 500_000) -> int:
+    """Write a corpus as Anserini JsonCollection files (`{"id", "contents"}` lines), sharded for threads.
+
+    Returns:
+        The number of documents written.
+    """
+    rows = pq.ParquetFile(corpus_path).metadata.num_rows
+    n_shards = max(1, shards, math.ceil(rows / docs_per_shard))
+    folder.mkdir(parents=True, exist_ok=True)
+    handles = [(folder / f"docs{i:03d}.jsonl").open("wb") for i in range(n_shards)]
+    written = 0
+    try:
+        for batch in iter_passages(corpus_path):
+            for i, handle in enumerate(handles):
+                part = batch.gather_every(n_shards, offset=i) if n_shards > 1 else batch
+                if part.height:
+                    part.write_ndjson(handle)
+            written += batch.height
+    finally:
+        for handle in handles:
+            handle.close()
+    return written

@@ -20,7 +20,8 @@ from hnr_assets.lib.mining.selection import (
     select_ce_negatives,
     short_reason_ce,
 )
-from hnr_assets.lib.retrieval.bm25 import HITS_SCHEMA, BM25Config, make_engine
+from hnr_assets.lib.retrieval.base import HITS_SCHEMA, BM25Config
+from hnr_assets.lib.retrieval.bm25 import make_engine
 from hnr_assets.lib.runtime.errors import ConfigError
 
 POSITIVE = "Statins lower LDL cholesterol and reduce the risk of heart attack in adults."

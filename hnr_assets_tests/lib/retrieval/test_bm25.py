@@ -9,15 +9,9 @@ import polars as pl
 import pytest
 
 from hnr_assets.lib.data.beir import CORPUS_SCHEMA
-from hnr_assets.lib.retrieval.bm25 import (
-    HITS_SCHEMA,
-    BM25Config,
-    hits_to_run,
-    make_engine,
-    read_manifest,
-    write_json_collection,
-)
-from hnr_assets.lib.retrieval.lucene import anserini_jar, java_executable, parse_trec_run
+from hnr_assets.lib.retrieval.base import HITS_SCHEMA, BM25Config, read_manifest
+from hnr_assets.lib.retrieval.bm25 import hits_to_run, make_engine
+from hnr_assets.lib.retrieval.lucene import anserini_jar, java_executable, parse_trec_run, write_json_collection
 from hnr_assets.lib.runtime.errors import ConfigError, HnrError
 
 DOCS = [
