@@ -100,9 +100,9 @@ def bench_model(args) -> list[dict]:
     import torch
 
     from hnr_assets.lib.generation.backends import Sampling
+    from hnr_assets.lib.generation.engines import TransformersEngine
     from hnr_assets.lib.generation.prompts import load_prompt
     from hnr_assets.profiles import load_profile
-    from hnr_assets.resources.generators import TransformersEngine
     from hnr_assets.settings import BUILTIN_PROFILES_DIR
 
     if args.threads:
@@ -159,7 +159,7 @@ def bench_http(args) -> list[dict]:
     import requests as http
 
     from hnr_assets.lib.generation.backends import GenerationRequest, Sampling
-    from hnr_assets.resources.generators import OpenAIEngine
+    from hnr_assets.lib.generation.engines import OpenAIEngine
     from hnr_assets_tests.openai_server import FakeOpenAIServer
 
     messages = ({"role": "user", "content": "Query: what is known about vaccine dose?"},)

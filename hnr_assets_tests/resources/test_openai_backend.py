@@ -8,7 +8,7 @@ import time
 import pytest
 
 from hnr_assets.lib.generation.backends import GenerationBackendError, GenerationRequest, Sampling
-from hnr_assets.resources.generators import OpenAIEngine
+from hnr_assets.lib.generation.engines import OpenAIEngine
 from hnr_assets_tests.openai_server import FakeOpenAIServer
 
 SECRET = "sk-test-very-secret-0123456789"

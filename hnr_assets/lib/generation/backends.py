@@ -2,7 +2,8 @@
 backend's parameters, chat templates, the OpenAI wire format, and retry delays.
 
 The engines themselves (vLLM, transformers, an OpenAI-compatible HTTP endpoint) live in
-`hnr_assets/resources/generators.py`; everything here is importable without torch, vLLM or a network.
+`lib.generation.engines` (built by the resources of `hnr_assets/resources/generators.py`); everything
+here is importable without torch, vLLM or a network.
 """
 
 from __future__ import annotations

@@ -26,17 +26,11 @@ from hnr_assets.lib.generation.backends import (
     request_seed,
     vllm_sampling_kwargs,
 )
+from hnr_assets.lib.generation.engines import VllmEngine, vllm_prompts
 from hnr_assets.lib.generation.generator_models import build_tiny_tokenizer
 from hnr_assets.lib.runtime.errors import ConfigError
 from hnr_assets.profiles.schema import GeneratorSpec
-from hnr_assets.resources.generators import (
-    GeneratorBackendsResource,
-    OpenAIBackend,
-    TransformersBackend,
-    VllmBackend,
-    VllmEngine,
-    vllm_prompts,
-)
+from hnr_assets.resources.generators import GeneratorBackendsResource, OpenAIBackend, TransformersBackend, VllmBackend
 
 STUDY = Sampling(temperature=0.6, top_p=0.95, top_k=20, max_tokens=1024)
 # The part of Qwen3's chat template that reads `enable_thinking` (an empty think block turns it off).

@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 
 from hnr_assets.lib.generation.backends import GenerationRequest, GenerationResult, Sampling
+from hnr_assets.lib.generation.engines import OpenAIEngine
 from hnr_assets.lib.generation.llm_output import ValidationRules
 from hnr_assets.lib.generation.prompts import load_prompt
 from hnr_assets.lib.generation.runner import (
@@ -31,7 +32,6 @@ from hnr_assets.lib.generation.runner import (
 from hnr_assets.lib.generation.shards import ShardStore, ShardStoreError
 from hnr_assets.lib.mining.negatives import NEGATIVES_SCHEMA, validate_negatives
 from hnr_assets.lib.runtime.errors import HnrError
-from hnr_assets.resources.generators import OpenAIEngine
 from hnr_assets_tests.openai_server import FakeOpenAIServer, query_of
 
 REPO = Path(__file__).resolve().parents[3]
@@ -141,7 +141,7 @@ CHILD = textwrap.dedent(
     from hnr_assets.lib.generation.llm_output import ValidationRules
     from hnr_assets.lib.generation.prompts import load_prompt
     from hnr_assets.lib.generation.shards import ShardStore
-    from hnr_assets.resources.generators import OpenAIEngine
+    from hnr_assets.lib.generation.engines import OpenAIEngine
 
     url, pairs_path, root = sys.argv[1:4]
     plan = GenerationPlan("llm-fake", load_prompt("v1"), 1, 2, 7, ValidationRules(), 2)
