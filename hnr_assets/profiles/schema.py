@@ -15,6 +15,7 @@ from hnr_assets.lib.data.download import BEIR_MD5, beir_url
 from hnr_assets.lib.runtime.errors import ConfigError
 from hnr_assets.lib.runtime.io import check_safe_name
 from hnr_assets.lib.runtime.names import check_model_reference, check_revision, check_url
+from hnr_assets.lib.training.encoder_training import TrainerOptions
 from hnr_assets.lib.training.recipes import GENERATOR_KEY_MAX, system_keys
 
 
@@ -495,42 +496,75 @@ class TrainingSetSettings(StrictModel):
         return self
 
 
-class TrainerSettings(StrictModel):
-    """Fine-tuning of one encoder per recipe (asset `encoders`); every field can be overridden per run."""
+TRAINER_DEFAULTS = TrainerOptions()
 
-    batch_size: int = Field(default=16, ge=2, description="Rows per batch; the other rows are in-batch negatives.")
-    learning_rate: float = Field(default=2e-5, ge=0.0, description="Peak learning rate (AdamW, linear decay).")
-    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0, description="Share of the steps spent warming up.")
-    weight_decay: float = Field(default=0.01, ge=0.0, description="AdamW weight decay.")
-    epochs: float = Field(default=1.0, gt=0.0, description="Passes over the training rows (unless max_steps).")
-    max_steps: int | None = Field(default=None, gt=0, description="Stop after this many steps (overrides epochs).")
-    eval_steps: int = Field(default=1000, gt=0, description="Evaluate on the validation queries every this many steps.")
-    early_stopping_patience: int = Field(
-        default=3, ge=1, description="Stop after this many evaluations without improvement; the best is kept."
+
+class TrainerSettings(StrictModel):
+    """Fine-tuning of one encoder per recipe (asset `encoders`); every field can be overridden per run.
+
+    The defaults are `lib.training.encoder_training.TrainerOptions`'s (the study's); the asset hands the
+    values to the trainer as that dataclass.
+    """
+
+    batch_size: int = Field(
+        default=TRAINER_DEFAULTS.batch_size, ge=2, description="Rows per batch; the other rows are in-batch negatives."
     )
-    max_seq_length: int = Field(default=256, gt=0, description="Max tokens per text while training and validating.")
-    scale: float = Field(default=20.0, gt=0.0, description="MultipleNegativesRankingLoss scale (1 / temperature).")
+    learning_rate: float = Field(
+        default=TRAINER_DEFAULTS.learning_rate, ge=0.0, description="Peak learning rate (AdamW, linear decay)."
+    )
+    warmup_ratio: float = Field(
+        default=TRAINER_DEFAULTS.warmup_ratio, ge=0.0, lt=1.0, description="Share of the steps spent warming up."
+    )
+    weight_decay: float = Field(default=TRAINER_DEFAULTS.weight_decay, ge=0.0, description="AdamW weight decay.")
+    epochs: float = Field(
+        default=TRAINER_DEFAULTS.epochs, gt=0.0, description="Passes over the training rows (unless max_steps)."
+    )
+    max_steps: int | None = Field(
+        default=TRAINER_DEFAULTS.max_steps, gt=0, description="Stop after this many steps (overrides epochs)."
+    )
+    eval_steps: int = Field(
+        default=TRAINER_DEFAULTS.eval_steps,
+        gt=0,
+        description="Evaluate on the validation queries every this many steps.",
+    )
+    early_stopping_patience: int = Field(
+        default=TRAINER_DEFAULTS.early_stopping_patience,
+        ge=1,
+        description="Stop after this many evaluations without improvement; the best is kept.",
+    )
+    max_seq_length: int = Field(
+        default=TRAINER_DEFAULTS.max_seq_length, gt=0, description="Max tokens per text while training and validating."
+    )
+    scale: float = Field(
+        default=TRAINER_DEFAULTS.scale, gt=0.0, description="MultipleNegativesRankingLoss scale (1 / temperature)."
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        default="auto",
+        default=TRAINER_DEFAULTS.precision,
         description=(
             "Mixed precision: `auto` = bf16 on a GPU that supports it (fp16 otherwise), bf16 autocast on a CPU "
             "with AVX512-BF16/AMX, fp32 elsewhere."
         ),
     )
-    seed: int = Field(default=0, description="Seed of initialisation, batch order and dropout.")
-    logging_steps: int = Field(default=10, gt=0, description="Log loss and learning rate every this many steps.")
+    seed: int = Field(default=TRAINER_DEFAULTS.seed, description="Seed of initialisation, batch order and dropout.")
+    logging_steps: int = Field(
+        default=TRAINER_DEFAULTS.logging_steps, gt=0, description="Log loss and learning rate every this many steps."
+    )
     validation_queries: int | None = Field(
-        default=None, gt=0, description="Evaluate on a seeded sample of at most this many validation queries."
+        default=TRAINER_DEFAULTS.validation_queries,
+        gt=0,
+        description="Evaluate on a seeded sample of at most this many validation queries.",
     )
     validation_corpus_size: int | None = Field(
-        default=None,
+        default=TRAINER_DEFAULTS.validation_corpus_size,
         gt=0,
         description=(
             "Rank the validation queries' positives among a seeded sample of this many training-corpus "
             "documents (their positives always included); null: the whole training corpus."
         ),
     )
-    eval_batch_size: int = Field(default=64, gt=0, description="Texts per batch when encoding for validation.")
+    eval_batch_size: int = Field(
+        default=TRAINER_DEFAULTS.eval_batch_size, gt=0, description="Texts per batch when encoding for validation."
+    )
 
 
 class TrainingSpec(StrictModel):

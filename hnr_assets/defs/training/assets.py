@@ -470,7 +470,13 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
     def encoders(
         context: dg.AssetExecutionContext, config: EncoderConfig, storage: StorageResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        from hnr_assets.lib.training.encoder_training import PRIMARY, metric_name, train_encoder, validation_data
+        from hnr_assets.lib.training.encoder_training import (
+            PRIMARY,
+            TrainerOptions,
+            metric_name,
+            train_encoder,
+            validation_data,
+        )
 
         recipe = by_key[context.partition_key]
         where = f"encoders[{recipe.key}]"
@@ -548,7 +554,7 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
                     base_dir / "model",
                     train_rows,
                     validation,
-                    settings,
+                    TrainerOptions(**settings.model_dump()),
                     per_row=per_row,
                     work_dir=tmp / "_work",
                     output_dir=tmp / "model",

@@ -15,7 +15,7 @@ retrieval score can, and it is what early stopping should protect.
 
 References:
     Henderson et al., Efficient Natural Language Response Suggestion for Smart Reply, arXiv 1705.00652
-    (2017) (sentence-transformers `losses/MultipleNegativesRankingLoss.py`); Gao et al., Don't
+    (2017) (sentence-transformers `losses/MultipleNegativesRankingLoss.py`); Aarush Sinha, Don't
     Retrieve, Generate, arXiv 2504.21015 (2025).
 """
 
@@ -36,7 +36,6 @@ from hnr_assets.lib.evaluation.metrics import evaluate_run
 from hnr_assets.lib.runtime.errors import ConfigError
 from hnr_assets.lib.runtime.progress import Progress
 from hnr_assets.lib.runtime.remote_code import trust_remote_code as check_remote_code
-from hnr_assets.profiles.schema import TrainerSettings
 
 VALIDATION = "validation"
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
@@ -45,6 +44,48 @@ PRIMARY_KEY = f"{VALIDATION}_{PRIMARY}"  # the evaluator's primary metric, as th
 TOP_K = 100
 
 MetricsSink = Callable[[int, Mapping[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainerOptions:
+    """How one encoder is fine-tuned; the defaults are the study's (the profile's `training.trainer`).
+
+    Attributes:
+        batch_size: Rows per batch; the other rows are in-batch negatives.
+        learning_rate: Peak learning rate (AdamW, linear decay).
+        warmup_ratio: Share of the steps spent warming up.
+        weight_decay: AdamW weight decay.
+        epochs: Passes over the training rows (unless `max_steps`).
+        max_steps: Stop after this many steps (overrides `epochs`).
+        eval_steps: Evaluate on the validation queries every this many steps.
+        early_stopping_patience: Stop after this many evaluations without improvement.
+        max_seq_length: Max tokens per text while training and validating.
+        scale: MultipleNegativesRankingLoss scale (1 / temperature).
+        precision: `auto`, `fp32`, `bf16` or `fp16` (see `resolve_precision`).
+        seed: Seed of initialisation, batch order and dropout.
+        logging_steps: Log loss and learning rate every this many steps.
+        validation_queries: Evaluate on a seeded sample of at most this many validation queries.
+        validation_corpus_size: Rank the validation positives among a seeded sample of this many
+            training-corpus documents (None: the whole training corpus).
+        eval_batch_size: Texts per batch when encoding for validation.
+    """
+
+    batch_size: int = 16
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    epochs: float = 1.0
+    max_steps: int | None = None
+    eval_steps: int = 1000
+    early_stopping_patience: int = 3
+    max_seq_length: int = 256
+    scale: float = 20.0
+    precision: str = "auto"
+    seed: int = 0
+    logging_steps: int = 10
+    validation_queries: int | None = None
+    validation_corpus_size: int | None = None
+    eval_batch_size: int = 64
 
 
 # ------------------------------------------------------------------------------------------ hardware
@@ -285,7 +326,7 @@ def metric_name(key: str) -> str:
     return key.removeprefix("eval_").replace("@", "_at_")
 
 
-def planned_steps(n_rows: int, settings: TrainerSettings) -> int:
+def planned_steps(n_rows: int, settings: TrainerOptions) -> int:
     """Optimizer steps the schedule allows: `max_steps`, else epochs x batches per epoch."""
     if n_rows < 1:
         raise ConfigError("no training rows")
@@ -303,7 +344,7 @@ def build_trainer(
     model,
     train_rows: pl.DataFrame,
     evaluator,
-    settings: TrainerSettings,
+    settings: TrainerOptions,
     *,
     per_row: int,
     work_dir: Path,
@@ -413,7 +454,7 @@ def train_encoder(
     base_model_dir: Path,
     train_rows: pl.DataFrame,
     validation: ValidationData,
-    settings: TrainerSettings,
+    settings: TrainerOptions,
     *,
     per_row: int,
     work_dir: Path,

@@ -12,6 +12,7 @@ from hnr_assets.lib.runtime.errors import ConfigError
 from hnr_assets.lib.training.encoder_models import build_base_encoder, tiny_vocab
 from hnr_assets.lib.training.encoder_training import (
     PRIMARY_KEY,
+    TrainerOptions,
     ValidationData,
     build_trainer,
     cpu_has_bf16,
@@ -22,7 +23,6 @@ from hnr_assets.lib.training.encoder_training import (
     train_encoder,
     validation_data,
 )
-from hnr_assets.profiles.schema import TrainerSettings
 from hnr_assets_tests.training_fixtures import single_torch_thread
 
 one_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)
@@ -62,9 +62,9 @@ def validation() -> ValidationData:
     )
 
 
-def settings(**kw) -> TrainerSettings:
+def settings(**kw) -> TrainerOptions:
     base = {"eval_steps": 2, "max_seq_length": 32, "logging_steps": 1, "batch_size": 4, "precision": "fp32"}
-    return TrainerSettings(**{**base, **kw})
+    return TrainerOptions(**{**base, **kw})
 
 
 def test_precision_resolution(tmp_path: Path) -> None:
