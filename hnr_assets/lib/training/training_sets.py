@@ -16,7 +16,7 @@ A recipe that combines sources concatenates their rows, as the study did: a pair
 gives two rows, one with each source's negatives (the no-duplicates batch sampler keeps them apart).
 
 References:
-    Gao et al., Don't Retrieve, Generate: Prompting LLMs for Synthetic Training Data in Dense
+    Aarush Sinha, Don't Retrieve, Generate: Prompting LLMs for Synthetic Training Data in Dense
     Retrieval, arXiv 2504.21015 (2025).
 """
 
