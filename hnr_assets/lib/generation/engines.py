@@ -42,6 +42,7 @@ from hnr_assets.lib.generation.backends import (
     render_chat,
     vllm_sampling_kwargs,
 )
+from hnr_assets.lib.runtime.precision import resolve_device, resolve_precision, torch_dtype
 
 log = logging.getLogger(__name__)
 LogFn = Callable[[str], None]
@@ -76,13 +77,12 @@ class TransformersEngine:
         log: LogFn = log.info,
         trust_remote_code: bool = False,
     ) -> None:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = f"transformers:{Path(model_dir).name}"
         self.sampling, self.chat_template_kwargs, self.batch_size = sampling, dict(chat_template_kwargs), batch_size
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        weights_dtype, self.autocast = self._precision(torch, precision)
+        self.device = resolve_device(device)
+        weights_dtype, self.autocast = self._precision(precision)
         started = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
@@ -104,15 +104,19 @@ class TransformersEngine:
             f"in {time.perf_counter() - started:.1f} s"
         )
 
-    def _precision(self, torch, precision: str):
-        names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    def _precision(self, precision: str):
+        """(weights dtype, CPU autocast dtype or None) for a `precision` setting of the backend.
+
+        `auto` follows `lib.runtime.precision`: bf16 (else fp16) weights on a GPU; on a CPU fp32 weights,
+        with bf16 autocast only where the CPU has native bf16 (emulated bf16 is ~10x slower).
+        """
+        names = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
         if precision != "auto":
-            return names[precision], None
+            return torch_dtype(names[precision]), None
+        resolved = resolve_precision("auto", self.device)
         if self.device.startswith("cuda"):
-            return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16), None
-        # On a CPU without native bf16 (AVX-512 BF16 / AMX), bf16 autocast is emulated and ~10x slower.
-        native_bf16 = torch.cpu._is_avx512_bf16_supported() or getattr(torch.cpu, "_is_amx_tile_supported", bool)()
-        return torch.float32, (torch.bfloat16 if native_bf16 else None)
+            return torch_dtype(resolved), None
+        return torch_dtype("fp32"), (torch_dtype("bf16") if resolved == "bf16" else None)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         import torch

@@ -36,6 +36,7 @@ import numpy as np
 
 from hnr_assets.lib.runtime.errors import ConfigError, HnrError
 from hnr_assets.lib.runtime.io import atomic_dir, file_sha256
+from hnr_assets.lib.runtime.precision import autocast, resolve_device
 from hnr_assets.lib.runtime.remote_code import trust_remote_code as check_remote_code
 
 MANIFEST = "hnr_cross_encoder.json"
@@ -220,7 +221,7 @@ class TorchCrossEncoder(CrossEncoderScorer):
         if threads > 0:
             torch.set_num_threads(threads)
         self.torch = torch
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or resolve_device()
         self.bf16 = bf16
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         self.model = (
@@ -249,8 +250,7 @@ class TorchCrossEncoder(CrossEncoderScorer):
             "attention_mask": torch.from_numpy(attention_mask).to(self.device),
             "token_type_ids": torch.from_numpy(token_type_ids).to(self.device),
         }
-        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.inference_mode(), autocast(self.device, "bf16" if self.bf16 else "fp32"):
             return self.model(**feeds).logits.float().cpu().numpy()
 
 

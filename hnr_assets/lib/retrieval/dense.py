@@ -18,11 +18,10 @@ References:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,10 @@ import polars as pl
 
 from hnr_assets.lib.runtime.errors import ConfigError, DataValidationError
 from hnr_assets.lib.runtime.io import atomic_dir, check_safe_name, file_sha256
+from hnr_assets.lib.runtime.precision import PRECISIONS, autocast, resolve_device, resolve_precision
 from hnr_assets.lib.runtime.remote_code import trust_remote_code
 
 CACHE_FORMAT = 1
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -66,51 +65,6 @@ class EncodeOptions:
             raise ConfigError(f"precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES:
             raise ConfigError(f"device {self.device!r}: use one of {', '.join(DEVICES)}")
-
-
-# ------------------------------------------------------------------------------------------ hardware
-
-
-def resolve_device(device: str) -> str:
-    """`auto` becomes `cuda` when a GPU is visible, else `cpu`."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bfloat16 natively (AVX-512 BF16 or AMX), where autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """`auto` becomes `bf16` on hardware with native bfloat16, else `fp32`."""
-    if precision != "auto":
-        return precision
-    if device == "cuda":
-        import torch
-
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
-@contextlib.contextmanager
-def autocast(device: str, precision: str) -> Iterator[None]:
-    """`torch.autocast` for bf16/fp16, nothing for fp32."""
-    if precision == "fp32":
-        yield
-        return
-    import torch
-
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    with torch.autocast(device_type=device, dtype=dtype):
-        yield
 
 
 # ------------------------------------------------------------------------------------------ encoding
@@ -158,7 +112,7 @@ def resolve_options(options: EncodeOptions) -> EncodeOptions:
     return EncodeOptions(
         options.max_length,
         options.batch_size,
-        resolve_precision(options.precision, device),
+        resolve_precision(options.precision, device, cpu_fp16=True),
         device,
         options.trust_remote_code,
     )

@@ -21,10 +21,9 @@ References:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import polars as pl
 from hnr_assets.lib.data.pairs import passage_expr
 from hnr_assets.lib.evaluation.metrics import evaluate_run
 from hnr_assets.lib.runtime.errors import ConfigError
+from hnr_assets.lib.runtime.precision import autocast, resolve_device, resolve_precision
 from hnr_assets.lib.runtime.progress import Progress
 from hnr_assets.lib.runtime.remote_code import trust_remote_code as check_remote_code
 
@@ -86,72 +86,6 @@ class TrainerOptions:
     validation_queries: int | None = None
     validation_corpus_size: int | None = None
     eval_batch_size: int = 64
-
-
-# ------------------------------------------------------------------------------------------ hardware
-
-
-def pick_device() -> str:
-    """`cuda` when a GPU is visible, else `cpu`."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 flags)."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def resolve_precision(
-    precision: str, device: str, *, bf16_cpu: bool | None = None, bf16_gpu: bool | None = None
-) -> str:
-    """Turn the `precision` setting into `fp32`, `bf16` or `fp16` for a device.
-
-    Args:
-        precision: `auto`, `fp32`, `bf16` or `fp16`.
-        device: `cpu` or `cuda`.
-        bf16_cpu: Whether the CPU has native bf16 (read from /proc/cpuinfo when None).
-        bf16_gpu: Whether the GPU supports bf16 (asked from torch when None).
-
-    Returns:
-        The precision to train with: autocast in bf16/fp16 (weights stay fp32), or plain fp32.
-    """
-    if precision not in {"auto", "fp32", "bf16", "fp16"}:
-        raise ConfigError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
-    if device == "cpu" and precision == "fp16":
-        raise ConfigError("fp16 mixed precision needs a GPU; use bf16 or fp32 on a CPU")
-    if precision != "auto":
-        return precision
-    if device == "cpu":
-        return "bf16" if (cpu_has_bf16() if bf16_cpu is None else bf16_cpu) else "fp32"
-    if bf16_gpu is None:
-        import torch
-
-        bf16_gpu = bool(torch.cuda.is_bf16_supported())
-    return "bf16" if bf16_gpu else "fp16"
-
-
-@contextlib.contextmanager
-def autocast(device: str, precision: str) -> Iterator[None]:
-    """torch autocast for `bf16`/`fp16`; nothing for `fp32`."""
-    if precision == "fp32":
-        yield
-        return
-    import torch
-
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    with torch.autocast(device_type=device, dtype=dtype):
-        yield
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -492,7 +426,7 @@ def train_encoder(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    device = device or pick_device()
+    device = device or resolve_device()
     precision = resolve_precision(settings.precision, device)
     say = log or (lambda _msg: None)
     sink = on_metrics or (lambda _step, _metrics: None)

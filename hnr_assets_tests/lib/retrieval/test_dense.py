@@ -73,8 +73,6 @@ def test_options_are_validated() -> None:
         dense.EncodeOptions(precision="int4")
     with pytest.raises(ConfigError, match="must be positive"):
         dense.EncodeOptions(batch_size=0)
-    assert dense.resolve_precision("fp32", "cpu") == "fp32"
-    assert dense.resolve_precision("auto", "cpu") == ("bf16" if dense.cpu_has_native_bf16() else "fp32")
 
 
 def _key(**changes) -> dense.CacheKey:

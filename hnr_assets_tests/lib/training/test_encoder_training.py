@@ -15,11 +15,9 @@ from hnr_assets.lib.training.encoder_training import (
     TrainerOptions,
     ValidationData,
     build_trainer,
-    cpu_has_bf16,
     make_evaluator,
     metric_name,
     planned_steps,
-    resolve_precision,
     train_encoder,
     validation_data,
 )
@@ -65,22 +63,6 @@ def validation() -> ValidationData:
 def settings(**kw) -> TrainerOptions:
     base = {"eval_steps": 2, "max_seq_length": 32, "logging_steps": 1, "batch_size": 4, "precision": "fp32"}
     return TrainerOptions(**{**base, **kw})
-
-
-def test_precision_resolution(tmp_path: Path) -> None:
-    assert resolve_precision("auto", "cpu", bf16_cpu=True) == "bf16"
-    assert resolve_precision("auto", "cpu", bf16_cpu=False) == "fp32"
-    assert resolve_precision("auto", "cuda", bf16_gpu=True) == "bf16"
-    assert resolve_precision("auto", "cuda", bf16_gpu=False) == "fp16"
-    assert resolve_precision("fp32", "cuda") == "fp32"
-    with pytest.raises(ConfigError, match="fp16 mixed precision needs a GPU"):
-        resolve_precision("fp16", "cpu")
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
-    assert cpu_has_bf16(info)
-    info.write_text("processor\t: 0\nflags\t\t: fpu avx2\n")
-    assert not cpu_has_bf16(info)
-    assert not cpu_has_bf16(tmp_path / "missing")
 
 
 def test_planned_steps_and_metric_names() -> None:
