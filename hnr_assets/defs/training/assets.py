@@ -18,9 +18,7 @@ own generators (a static mapping generator -> recipes).
 """
 
 import json
-import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -33,7 +31,8 @@ from hnr_assets.defs.partitions import generator_partitions, recipe_partitions, 
 from hnr_assets.defs.training.config import config_class, merge
 from hnr_assets.lib.mining.negatives import NEGATIVES_SCHEMA
 from hnr_assets.lib.runtime.errors import ConfigError, DataValidationError
-from hnr_assets.lib.runtime.io import atomic_dir, file_sha256, frame_fingerprint, pid_alive
+from hnr_assets.lib.runtime.io import atomic_dir, file_sha256, frame_fingerprint
+from hnr_assets.lib.runtime.owner import Owner
 from hnr_assets.lib.runtime.progress import Progress
 from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.lib.training.recipes import Recipe, llm_source
@@ -119,15 +118,16 @@ def _generator_to_recipes(profile: Profile, *, filtered_only: bool) -> dict[str,
 def owner_gone(instance: dg.DagsterInstance, current_run_id: str, run) -> bool:
     """Whether the process that opened an MLflow run left it RUNNING for good.
 
-    Same host: the owning process (tag `hnr/pid`) is dead, or it is this process and the run belongs
-    to an earlier Dagster run. Another host: its Dagster run is recorded as finished.
+    Same host: the owning process (tags `hnr/pid`, `hnr/pid_start`) is dead or its pid was reused, or
+    it is this process and the run belongs to an earlier Dagster run. Another host: its Dagster run is
+    recorded as finished.
     """
     tags = run.data.tags
-    pid = int(tags.get("hnr/pid", "0") or 0)
-    if tags.get("hnr/host") == socket.gethostname() and pid:
-        if pid == os.getpid():
+    owner = Owner.from_tags(tags)
+    if owner is not None and owner.local:
+        if owner.is_current:
             return tags.get("hnr/dagster_run_id") != current_run_id
-        return not pid_alive(pid)
+        return not owner.alive()
     record = instance.get_run_by_id(tags.get("hnr/dagster_run_id", "")) if tags.get("hnr/dagster_run_id") else None
     return record is not None and record.is_finished
 
@@ -541,8 +541,6 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
             **run_tags,
             "hnr/profile": profile.name,
             "hnr/dagster_run_id": context.run.run_id,
-            "hnr/host": socket.gethostname(),
-            "hnr/pid": str(os.getpid()),
         }
         target = storage.asset_dir("encoders", recipe.key)
         started = time.perf_counter()

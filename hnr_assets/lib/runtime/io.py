@@ -16,7 +16,6 @@ import hashlib
 import os
 import re
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from hnr_assets.lib.runtime.errors import ConfigError
+from hnr_assets.lib.runtime.owner import HOST, Owner, process_start
 
 _TMP_MARK = ".tmp-"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]{0,127}$")
@@ -63,40 +63,17 @@ def safe_join(root: Path, *parts: str) -> Path:
     return path
 
 
-_HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+_HOST = hashlib.blake2b(HOST.encode(), digest_size=4).hexdigest()
 # `.tmp-<host>-<pid>-<process start>-<random>`: who is writing, so that live writers are left alone.
 _OWNER = re.compile(r"\.tmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{12}$")
 # A temporary of another host cannot be checked for a live owner; it is removed once this old.
 FOREIGN_TMP_MAX_AGE_SECONDS = 24 * 3600
 
 
-def process_start(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot (`/proc/<pid>/stat`), or None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    try:
-        return int(stat.rsplit(")", 1)[1].split()[19])
-    except (IndexError, ValueError):
-        return None
-
-
 def _tmp_sibling(target: Path) -> Path:
     pid = os.getpid()
     owner = f"{_HOST}-{pid}-{process_start(pid) or 0}"
     return target.with_name(f".{target.name}{_TMP_MARK}{owner}-{uuid.uuid4().hex[:12]}")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host (it may belong to another user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _owner_alive(tmp: Path) -> bool:
@@ -109,13 +86,8 @@ def _owner_alive(tmp: Path) -> bool:
             return time.time() - tmp.stat().st_mtime < FOREIGN_TMP_MAX_AGE_SECONDS
         except OSError:
             return False
-    pid, start = int(match["pid"]), int(match["start"])
-    if not Path("/proc/self/stat").is_file():  # no procfs (macOS): the process id alone
-        return pid_alive(pid)
-    found = process_start(pid)
-    if found is None:
-        return False
-    return start == 0 or found == start  # same pid, other start time: the pid was reused, the writer is gone
+    # Same pid, other start time: the pid was reused, the writer is gone. Start 0: not recorded.
+    return Owner(HOST, int(match["pid"]), int(match["start"]) or None).alive()
 
 
 def remove_stale_tmp(target: Path) -> None:
