@@ -21,7 +21,7 @@ from hnr_assets.defs.checks import (
 from hnr_assets.defs.execution import each_partition, run_policy
 from hnr_assets.defs.partitions import dataset_partitions
 from hnr_assets.lib.evaluation.metrics import evaluate_run
-from hnr_assets.lib.mining.cross_encoder import TINY_RANDOM, read_manifest, sanity_check
+from hnr_assets.lib.mining.cross_encoder import read_manifest, sanity_check
 from hnr_assets.lib.mining.negatives import NEGATIVES_PER_PAIR
 from hnr_assets.lib.mining.selection import (
     RankWindow,
@@ -36,6 +36,7 @@ from hnr_assets.lib.mining.selection import (
 from hnr_assets.lib.retrieval.base import IndexHandle
 from hnr_assets.lib.retrieval.bm25 import ANSERINI_FLAT_NDCG10, REFERENCE_TOLERANCE, config_dict, hits_to_run
 from hnr_assets.lib.runtime.io import atomic_dir, frame_fingerprint
+from hnr_assets.lib.runtime.models import TINY_RANDOM
 from hnr_assets.lib.runtime.progress import Progress
 from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.profiles.schema import Profile

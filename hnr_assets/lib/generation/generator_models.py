@@ -14,16 +14,15 @@ import importlib.metadata
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hnr_assets.lib.runtime.errors import ConfigError, SourceNotFoundError
 from hnr_assets.lib.runtime.io import atomic_dir, file_sha256
+from hnr_assets.lib.runtime.models import ModelReference, hub_snapshot, parse_model_reference
+from hnr_assets.lib.runtime.tiny_models import tiny_llama
 
 MANIFEST = "hnr-model.json"
-TINY_RANDOM = "tiny-random"
-PACKAGE_PREFIX = "package:"
 # Files a generator needs from a hub repository (weights in safetensors, config, tokenizer, chat template).
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja", "*.py"]
 # A ChatML template for the tiny random model (the layout SmolLM2 and Qwen use).
@@ -33,31 +32,11 @@ CHATML_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a generator's weights come from.
-
-    Attributes:
-        kind: `package` (GGUF in a Python distribution), `tiny-random`, `path` (a local folder), `hub`
-            (a model hub id), or `served` (the OpenAI backend's server holds the model).
-        value: Distribution name, folder, hub id or served model name.
-    """
-
-    kind: str
-    value: str
-
-
-def model_source(model: str, backend: str) -> ModelSource:
-    """Classify a `GeneratorSpec.model` string."""
+def model_source(model: str, backend: str) -> ModelReference:
+    """Classify a `GeneratorSpec.model` string: a served model for the `openai` backend, else its reference."""
     if backend == "openai":
-        return ModelSource("served", model)
-    if model == TINY_RANDOM:
-        return ModelSource("tiny-random", model)
-    if model.startswith(PACKAGE_PREFIX):
-        return ModelSource("package", model.removeprefix(PACKAGE_PREFIX))
-    if model.startswith(("/", "~")):
-        return ModelSource("path", str(Path(model).expanduser()))
-    return ModelSource("hub", model)
+        return ModelReference("served", model)
+    return parse_model_reference(model)
 
 
 @contextlib.contextmanager
@@ -193,25 +172,9 @@ def build_tiny_causal_lm(target: Path, seed: int = 0) -> dict[str, Any]:
     Returns:
         The manifest written to `target/hnr-model.json`.
     """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tokenizer = build_tiny_tokenizer()
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(tokenizer, seed=seed)
+    config = model.config
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -238,21 +201,16 @@ def download_hub_model(repo_id: str, target: Path, revision: str | None = None, 
         The manifest written to `target/hnr-model.json`.
 
     Raises:
-        SourceNotFoundError: The download failed (no network, gated model without a token, unknown id).
+        DownloadError: The download failed (no network, gated model without a token, unknown id).
+        SourceNotFoundError: The repository has no safetensors weights.
     """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
     started = time.perf_counter()
     target = Path(target)
     partial = target.with_name(target.name + ".partial")  # huggingface_hub resumes files inside it
     log(f"downloading {repo_id} into {partial} (resumable; set HF_TOKEN for gated models)")
-    try:
-        commit_path = snapshot_download(
-            repo_id, revision=revision, local_dir=partial, allow_patterns=HUB_PATTERNS, max_workers=4
-        )
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-        raise SourceNotFoundError(f"cannot download {repo_id!r} from the model hub: {exc}") from None
+    commit_path = hub_snapshot(
+        repo_id, revision=revision, patterns=HUB_PATTERNS, local_dir=partial, max_workers=4, what="generator"
+    )
     if not list(Path(commit_path).glob("*.safetensors")):
         raise SourceNotFoundError(f"{repo_id!r} has no safetensors weights; convert it first or give a local folder")
     manifest = {

@@ -36,12 +36,12 @@ import numpy as np
 
 from hnr_assets.lib.runtime.errors import ConfigError, HnrError
 from hnr_assets.lib.runtime.io import atomic_dir, file_sha256
+from hnr_assets.lib.runtime.models import hub_snapshot, parse_model_reference
 from hnr_assets.lib.runtime.precision import autocast, resolve_device
 from hnr_assets.lib.runtime.remote_code import trust_remote_code as check_remote_code
+from hnr_assets.lib.runtime.tiny_models import tiny_bert
 
 MANIFEST = "hnr_cross_encoder.json"
-TINY_RANDOM = "tiny-random"
-PACKAGE_PREFIX = "package:"
 # Files fetched from the hub: weights in safetensors, the tokenizer, the config.
 HUB_PATTERNS = [
     "config.json",
@@ -332,8 +332,8 @@ def sanity_check(scorer: CrossEncoderScorer, min_gap: float = 0.5) -> tuple[list
 
 def package_folder(spec: str) -> Path:
     """`package:<dist>/<path>` -> the folder inside the installed package (found without importing it)."""
-    rest = spec.removeprefix(PACKAGE_PREFIX).strip("/")
-    package, _, inner = rest.partition("/")
+    reference = parse_model_reference(spec)
+    package, inner = reference.distribution, reference.inner
     found = importlib.util.find_spec(package) if package else None
     if found is None or not found.submodule_search_locations:
         raise ConfigError(f"{spec}: package {package!r} is not installed (see the Makefile's MODEL_PKGS)")
@@ -348,8 +348,7 @@ def package_folder(spec: str) -> Path:
 
 def build_tiny_cross_encoder(target: Path, seed: int = 0) -> None:
     """A tiny random BERT cross-encoder (2 layers, hidden 32, 1 logit) with a real WordPiece tokenizer."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertTokenizerFast
 
     text = (
         "the a of and in to is what how why are for with on by vaccine immune gene cancer heart brain climate "
@@ -362,17 +361,7 @@ def build_tiny_cross_encoder(target: Path, seed: int = 0) -> None:
     vocab_file = target / "vocab.txt"
     vocab_file.write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
-    config = BertConfig(
-        vocab_size=len(dict.fromkeys(vocab)),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        num_labels=1,
-    )
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(config)
+    model = tiny_bert(len(dict.fromkeys(vocab)), seed=seed, max_positions=512, num_labels=1, isolated_rng=False)
     model.save_pretrained(str(target))
     tokenizer.save_pretrained(str(target))
 
@@ -401,15 +390,16 @@ def fetch_cross_encoder(
         The manifest written to `target/hnr_cross_encoder.json`.
     """
     with atomic_dir(Path(target)) as tmp:
-        if model == TINY_RANDOM:
+        kind = parse_model_reference(model).kind
+        if kind == "tiny-random":
             build_tiny_cross_encoder(tmp, seed)
             source = {"kind": "tiny-random", "seed": seed}
-        elif model.startswith(PACKAGE_PREFIX):
+        elif kind == "package":
             folder = package_folder(model)
             log(f"cross-encoder: copying {folder}")
             shutil.copytree(folder, tmp, dirs_exist_ok=True)
             source = {"kind": "package", "detail": model, "folder": str(folder)}
-        elif Path(model).expanduser().is_absolute():
+        elif kind == "path":
             folder = Path(model).expanduser()
             if not folder.is_dir():
                 raise ConfigError(f"cross-encoder folder {folder} does not exist")
@@ -437,18 +427,14 @@ def fetch_cross_encoder(
 def download_hub_model(repo_id: str, target: Path, *, revision: str | None = None, log: Log = _nolog) -> dict:
     """Download a cross-encoder from the Hugging Face hub into `target` (safetensors, else PyTorch weights).
 
-    `HF_TOKEN` and `HF_HOME` are honoured by huggingface_hub as usual; files are cached by the hub client.
+    Raises:
+        DownloadError: The download failed.
+        HnrError: The repository holds no transformers model.
     """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
     log(f"cross-encoder: downloading {repo_id}@{revision or 'main'} from the Hugging Face hub")
-    try:
-        snapshot_download(repo_id, revision=revision, local_dir=str(target), allow_patterns=HUB_PATTERNS)
-        if not (target / "model.safetensors").is_file():
-            snapshot_download(repo_id, revision=revision, local_dir=str(target), allow_patterns=["pytorch_model.bin"])
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-        raise HnrError(f"could not download cross-encoder {repo_id!r} from the hub: {exc}") from exc
+    hub_snapshot(repo_id, revision=revision, patterns=HUB_PATTERNS, local_dir=target, what="cross-encoder")
+    if not (target / "model.safetensors").is_file():
+        hub_snapshot(repo_id, revision=revision, patterns=["pytorch_model.bin"], local_dir=target, what="cross-encoder")
     shutil.rmtree(target / ".cache", ignore_errors=True)
     if not (target / "config.json").is_file():
         raise HnrError(f"{repo_id}: no config.json on the hub; not a transformers model")

@@ -2,9 +2,10 @@
 
 Names that become path components (datasets, generators, recipes, partitions) are checked by
 `io.check_safe_name`. This module checks the rest before anything runs: model references
-(`tiny-random`, `package:<distribution>[/<folder>]`, an absolute folder, or a model hub id), hub
-revisions and download URLs. A `..` component, a relative path where an absolute one is meant, a
-hub id that is not `owner/name`, or a control character is refused with the reason.
+(`tiny-random`, `package:<distribution>[/<folder>]`, an absolute folder, or a model hub id, as
+`lib.runtime.models.parse_model_reference` reads them), hub revisions and download URLs. A `..`
+component, a relative path where an absolute one is meant, a hub id that is not `owner/name`, or a
+control character is refused with the reason.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import re
 from pathlib import Path
 
 from hnr_assets.lib.runtime.errors import ConfigError
+from hnr_assets.lib.runtime.models import PACKAGE_PREFIX, parse_model_reference
 
-TINY_RANDOM = "tiny-random"
-PACKAGE_PREFIX = "package:"
 _HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
 _HUB_ID = re.compile(rf"^(?:{_HUB_PART}/)?{_HUB_PART}$")
 _DIST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
@@ -47,9 +47,10 @@ def check_model_reference(value: str, what: str, *, package_folder: bool = False
         raise _refuse(what, value, "empty")
     if _CONTROL.search(value):
         raise _refuse(what, value, "control characters")
-    if value == TINY_RANDOM:
+    kind = parse_model_reference(value).kind
+    if kind == "tiny-random":
         return value
-    if value.startswith(PACKAGE_PREFIX):
+    if kind == "package":
         dist, _, inner = value.removeprefix(PACKAGE_PREFIX).partition("/")
         if not _DIST.match(dist):
             raise _refuse(what, value, "`package:` is followed by a distribution name (letters, digits, . _ -)")
@@ -59,7 +60,7 @@ def check_model_reference(value: str, what: str, *, package_folder: bool = False
         if bad:
             raise _refuse(what, value, f"folder components must be plain names inside the package, not {bad}")
         return value
-    if value.startswith(("/", "~")):
+    if kind == "path":
         if value.startswith("~") and value != "~" and not value.startswith("~/"):
             raise _refuse(what, value, "`~user` is not expanded; give an absolute folder or `~/...`")
         path = Path(value).expanduser()

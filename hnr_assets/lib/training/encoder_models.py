@@ -8,16 +8,14 @@ gets a pooling layer (mean by default, as in the study's sentence-transformers t
 from __future__ import annotations
 
 import importlib.metadata
-import string
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hnr_assets.lib.runtime.errors import DownloadError, SourceNotFoundError
+from hnr_assets.lib.runtime.errors import SourceNotFoundError
+from hnr_assets.lib.runtime.models import hub_snapshot, parse_model_reference
 from hnr_assets.lib.runtime.remote_code import trust_remote_code as check_remote_code
-
-TINY_RANDOM = "tiny-random"
-PACKAGE_PREFIX = "package:"
+from hnr_assets.lib.runtime.tiny_models import tiny_bert, tiny_vocab
 
 # Weight and config files worth fetching from the hub (no TF/Flax/ONNX copies).
 HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model", "1_Pooling/*", "2_Normalize/*", "*.py"]
@@ -71,28 +69,16 @@ def hub_model_dir(model_id: str, revision: str | None, cache_dir: Path) -> Path:
     Raises:
         DownloadError: The hub is unreachable (or offline mode is on) and the files are not cached.
     """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        return Path(
-            snapshot_download(
-                repo_id=model_id, revision=revision, cache_dir=str(cache_dir), allow_patterns=HUB_PATTERNS
-            )
-        )
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-        raise DownloadError(
-            f"cannot download model {model_id!r} (revision {revision or 'default'}) from the hub into "
-            f"{cache_dir}: {exc}"
-        ) from exc
+    return hub_snapshot(model_id, revision=revision, patterns=HUB_PATTERNS, cache_dir=cache_dir, what="model")
 
 
 def resolve_model(model: str, revision: str | None, cache_dir: Path) -> ModelSource:
     """Find the files of a base model named as in the profile (see `BaseEncoderSpec.model`)."""
-    if model == TINY_RANDOM:
+    reference = parse_model_reference(model)
+    if reference.kind == "tiny-random":
         return ModelSource("tiny-random", "2-layer BERT, hidden size 32, built in the run", None)
-    if model.startswith(PACKAGE_PREFIX):
-        name = model.removeprefix(PACKAGE_PREFIX)
+    if reference.kind == "package":
+        name = reference.value
         folder, version = package_model_dir(name)
         return ModelSource("package", f"{name}=={version} ({folder})", folder)
     if Path(model).is_absolute():
@@ -101,13 +87,6 @@ def resolve_model(model: str, revision: str | None, cache_dir: Path) -> ModelSou
         return ModelSource("path", model, Path(model))
     folder = hub_model_dir(model, revision, cache_dir)
     return ModelSource("hub", f"{model}@{revision or 'main'} ({folder})", folder)
-
-
-def tiny_vocab() -> dict[str, int]:
-    """A character-level WordPiece vocabulary: every lower-case ASCII text tokenizes without [UNK]."""
-    chars = string.ascii_lowercase + string.digits
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *string.punctuation, *(f"##{c}" for c in chars)]
-    return {token: i for i, token in enumerate(tokens)}
 
 
 def build_tiny_bert(folder: Path, seed: int = 0, max_positions: int = 128) -> Path:
@@ -121,21 +100,10 @@ def build_tiny_bert(folder: Path, seed: int = 0, max_positions: int = 128) -> Pa
     Returns:
         `folder`, loadable with `AutoModel` / `AutoTokenizer`.
     """
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
+    from transformers import BertTokenizer
 
     vocab = tiny_vocab()
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=max_positions,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = BertModel(config)
+    model = tiny_bert(len(vocab), seed=seed, max_positions=max_positions)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     BertTokenizer(vocab=vocab, do_lower_case=True).save_pretrained(folder)

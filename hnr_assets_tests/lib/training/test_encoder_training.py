@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from hnr_assets.lib.runtime.errors import ConfigError
-from hnr_assets.lib.training.encoder_models import build_base_encoder, tiny_vocab
+from hnr_assets.lib.runtime.tiny_models import tiny_vocab
+from hnr_assets.lib.training.encoder_models import build_base_encoder
 from hnr_assets.lib.training.encoder_training import (
     PRIMARY_KEY,
     TrainerOptions,
