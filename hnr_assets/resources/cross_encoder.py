@@ -48,12 +48,5 @@ class CrossEncoderResource(dg.ConfigurableResource):
 
 
 def cross_encoder_resource(settings: CrossEncoderSettings) -> CrossEncoderResource:
-    return CrossEncoderResource(
-        model=settings.model,
-        revision=settings.revision,
-        max_length=settings.max_length,
-        batch_size=settings.batch_size,
-        threads=settings.threads,
-        bf16=settings.bf16,
-        trust_remote_code=settings.trust_remote_code,
-    )
+    """The resource of a profile's `cross_encoder` section (the section's fields are the resource's)."""
+    return CrossEncoderResource(**settings.model_dump())

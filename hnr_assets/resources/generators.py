@@ -56,8 +56,11 @@ class GeneratorBackend(dg.ConfigurableResource, ABC):
             raise ConfigError(
                 f"engine_options {unknown} are not settings of {type(self).__name__}; known: {sorted(fields)}"
             )
-        config = {name: getattr(self, name) for name in fields}
-        return type(self)(**{**config, **options})
+        return type(self)(**{**self.settings(), **options})
+
+    def settings(self) -> dict[str, Any]:
+        """The backend's settings by name (resolved values, so the API key too: never log this)."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
 
     def describe(self) -> dict[str, Any]:
         """Settings that change what is generated, for the generation signature (no secrets)."""
@@ -125,15 +128,9 @@ class VllmBackend(GeneratorBackend):
 
     def llm_kwargs(self) -> dict[str, Any]:
         """`vllm.LLM` keyword arguments from these settings."""
-        kwargs: dict[str, Any] = {
-            "tensor_parallel_size": self.tensor_parallel_size,
-            "gpu_memory_utilization": self.gpu_memory_utilization,
-            "dtype": self.dtype,
-            "enforce_eager": self.enforce_eager,
-            "seed": self.seed,
-        }
-        if self.max_model_len is not None:
-            kwargs["max_model_len"] = self.max_model_len
+        kwargs = self.settings()
+        if kwargs["max_model_len"] is None:
+            del kwargs["max_model_len"]
         return kwargs
 
     @contextlib.contextmanager
@@ -196,21 +193,9 @@ class OpenAIBackend(GeneratorBackend):
 
     @contextlib.contextmanager
     def engine(self, spec: Any, model_dir: Path | None, log: LogFn = log.info) -> Iterator[OpenAIEngine]:
+        options = {k: v for k, v in self.settings().items() if k != "base_url"}
         engine = OpenAIEngine(
-            self.endpoint_for(spec),
-            spec.model,
-            sampling_of(spec),
-            spec.chat_template_kwargs,
-            api_key=self.api_key,
-            concurrency=self.concurrency,
-            timeout_seconds=self.timeout_seconds,
-            connect_timeout_seconds=self.connect_timeout_seconds,
-            max_retries=self.max_retries,
-            backoff_seconds=self.backoff_seconds,
-            backoff_cap_seconds=self.backoff_cap_seconds,
-            one_completion_per_request=self.one_completion_per_request,
-            extra_sampling=self.extra_sampling,
-            log=log,
+            self.endpoint_for(spec), spec.model, sampling_of(spec), spec.chat_template_kwargs, **options, log=log
         )
         try:
             yield engine

@@ -1,12 +1,7 @@
 """BM25 indexes and retrieval with two interchangeable engines: Lucene (Anserini/pyserini) and bm25s.
 
-An index is a folder with `manifest.json` (engine, analyzer, BM25 parameters, document count, sha256
-of the corpus it was built from) and the engine's files under `index/`. The analyzer (stemmer,
-stopwords) is fixed when the index is built; searching with a different one is an error, not a silent
-loss of quality. A corpus is a `corpus.parquet` (doc_id, title, text); the indexed text is the passage
-text `title + " " + text` (`lib.data.pairs.passage_expr`), as in BEIR and Anserini's BEIR regressions.
-
-Hits are a DataFrame `query_id, doc_id, rank, score` (`HITS_SCHEMA`): ranks 1..k per query by score.
+The shared layout (index folder, manifest, hits) is in `lib.retrieval.base`; the engines are Lucene
+(`lib.retrieval.lucene`) and bm25s (`lib.retrieval.bm25s_engine`), picked by `make_engine`.
 
 Both engines score with Lucene's BM25 (idf = log(1 + (N - df + 0.5) / (df + 0.5))). Their tokenisers
 differ slightly (Lucene's StandardTokenizer versus a `\\w+` regular expression; both lower-case, drop
