@@ -61,6 +61,25 @@ def process_gone(run: Any) -> bool:
     return not owner.alive()  # gone, or the pid now belongs to another process
 
 
+# Tag names the assets put on their runs, one declaration each (runs are found again by them). The owner
+# tags (`hnr/host`, `hnr/pid`, `hnr/pid_start`) are `lib.runtime.owner`'s.
+TAG_ASSET = "hnr/asset"
+TAG_PARTITION = "hnr/partition"
+TAG_PROFILE = "hnr/profile"
+TAG_DAGSTER_RUN = "hnr/dagster_run_id"
+TAG_ROLE = "hnr/role"
+TAG_SYSTEM = "hnr/system"
+TAG_PRECISION = "hnr/precision"
+TAG_DEVICE = "hnr/device"
+TAG_CLOSED_REASON = "hnr/closed_reason"
+# Older names some stages' runs carry (the mining stage's negative sets and BM25 scores, generation's
+# Dagster run id); kept as they are, since stores written so far are searched by them.
+TAG_MINING_ASSET = "asset"
+TAG_MINING_DATASET = "dataset"
+TAG_MINING_DAGSTER_RUN = "dagster_run_id"
+TAG_GENERATION_DAGSTER_RUN = "dagster/run_id"
+
+
 _KEY_REFUSED = re.compile(r"[^\w./\- :]")
 
 
@@ -269,7 +288,7 @@ class MlflowResource(dg.ConfigurableResource):
         Args:
             tags: Tags that identify the work (asset and partition, say).
             is_stale: Decides, per run, whether its owner is gone (a live concurrent run must be kept).
-            reason: Stored in the tag `hnr/closed_reason`.
+            reason: Stored in the tag `hnr/closed_reason` (`TAG_CLOSED_REASON`).
 
         Returns:
             Ids of the runs closed.
@@ -285,7 +304,7 @@ class MlflowResource(dg.ConfigurableResource):
             self.delete_model_versions(run_id)
             self.call(
                 "tag a stale run",
-                lambda r=run_id: client.log_batch(r, tags=[RunTag("hnr/closed_reason", reason[:5000])]),
+                lambda r=run_id: client.log_batch(r, tags=[RunTag(TAG_CLOSED_REASON, reason[:5000])]),
             )
             self.call("mark a stale run FAILED", lambda r=run_id: client.set_terminated(r, "FAILED"))
             log.warning("MLflow run %s was left RUNNING (%s); marked FAILED", run_id, reason)

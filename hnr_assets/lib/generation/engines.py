@@ -42,6 +42,7 @@ from hnr_assets.lib.generation.backends import (
     render_chat,
     vllm_sampling_kwargs,
 )
+from hnr_assets.lib.runtime.errors import SourceNotFoundError
 from hnr_assets.lib.runtime.precision import resolve_device, resolve_precision, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -398,3 +399,21 @@ class OpenAIEngine:
         session = getattr(self._local, "session", None)
         if session is not None:
             session.close()
+
+
+def served_models(endpoint: str, api_key: str = "", connect_timeout_seconds: float = 10.0) -> list[str]:
+    """The model names an OpenAI-compatible server serves (`GET <endpoint>/models`).
+
+    Raises:
+        SourceNotFoundError: The server cannot be asked, or answers without a model list.
+    """
+    import requests
+
+    url = endpoint.rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = requests.get(url, headers=headers, timeout=(connect_timeout_seconds, 30))
+        response.raise_for_status()
+        return [m.get("id") for m in response.json().get("data", [])]
+    except (requests.RequestException, ValueError, AttributeError) as exc:
+        raise SourceNotFoundError(f"{url}: cannot list the served models ({type(exc).__name__}: {exc})") from None

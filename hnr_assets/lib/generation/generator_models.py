@@ -13,10 +13,12 @@ import fcntl
 import importlib.metadata
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hnr_assets.lib.generation.engines import served_models
 from hnr_assets.lib.runtime.errors import ConfigError, SourceNotFoundError
 from hnr_assets.lib.runtime.io import atomic_dir, file_sha256
 from hnr_assets.lib.runtime.models import ModelReference, hub_snapshot, parse_model_reference
@@ -255,3 +257,95 @@ def local_model_folder(path: str) -> Path:
     if problems:
         raise ConfigError("; ".join(problems))
     return folder
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A generator behind an OpenAI-compatible server (backend `openai`): where to ask for it."""
+
+    endpoint: str
+    api_key: str = ""
+    connect_timeout_seconds: float = 10.0
+
+
+def prepare_model(
+    model: str,
+    backend: str,
+    *,
+    key: str,
+    seed: int,
+    target: Path,
+    models_dir: Callable[..., Path],
+    served: ServedModel | None = None,
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """Make a generator's weights available locally (the `generator_models` asset's work).
+
+    A packaged GGUF file is converted once into a shared folder, a hub model downloaded once, a tiny
+    random LM built into `target/model`, a local folder checked; a served model is looked up on its server.
+
+    Args:
+        model: The generator's `model` reference.
+        backend: Its backend (`openai`: served).
+        key: The generator key.
+        seed: Seed of a tiny random model.
+        target: The asset's folder.
+        models_dir: The folder shared by profiles for converted and downloaded models, given path parts.
+        served: The server of a served model.
+        log: Progress notes.
+
+    Returns:
+        The `model.json` content: key, backend, source, path (None when served), identity, manifest.
+
+    Raises:
+        ConfigError: The weights folder is not a loadable transformers folder.
+        SourceNotFoundError: A served model is not on its server.
+    """
+    source = model_source(model, backend)
+    info: dict[str, Any] = {"key": key, "backend": backend, "source": {"kind": source.kind, "value": source.value}}
+    if source.kind == "package":
+        gguf, sha = packaged_gguf(source.value)
+        sha = sha or file_sha256(gguf)
+        folder = models_dir(f"{source.value}-{sha[:12]}")
+        with folder_lock(folder):
+            manifest = read_manifest(folder)
+            if manifest is None:
+                manifest = convert_gguf(gguf, folder, log=log, sha256=sha)
+            else:
+                log(f"{key}: reusing the converted model in {folder}")
+        info.update(path=str(folder), identity=f"gguf:{sha}", manifest=manifest)
+    elif source.kind == "tiny-random":
+        folder = target / "model"
+        info.update(path=str(folder), identity=f"tiny-random:seed={seed}", manifest=build_tiny_causal_lm(folder, seed))
+    elif source.kind == "hub":
+        folder = models_dir("hub", source.value.replace("/", "--"))
+        with folder_lock(folder):
+            manifest = read_manifest(folder)
+            if manifest is None:
+                manifest = download_hub_model(source.value, folder, log=log)
+        info.update(path=str(folder), identity=f"hub:{source.value}", manifest=manifest)
+    elif source.kind == "path":
+        folder = local_model_folder(source.value)
+        info.update(path=str(folder), identity=f"path:{folder}", manifest=read_manifest(folder) or {})
+    else:
+        info.update(path=None, **_served(model, served))
+    if info["path"] is not None:
+        problems = check_model_folder(info["path"])
+        if problems:
+            raise ConfigError("; ".join(problems))
+    return info
+
+
+def _served(model: str, served: ServedModel | None) -> dict[str, Any]:
+    """The identity and manifest of a served model, after asking its server that it serves it."""
+
+    if served is None:
+        raise ConfigError(f"model {model!r} is served, but no server is given")
+    names = served_models(served.endpoint, served.api_key, served.connect_timeout_seconds)
+    if model not in names:
+        raise SourceNotFoundError(f"{served.endpoint}/models does not serve {model!r}; it serves {names}")
+    return {
+        "identity": f"served:{model}@{served.endpoint}",
+        "endpoint": served.endpoint,
+        "manifest": {"served_models": names},
+    }

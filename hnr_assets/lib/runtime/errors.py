@@ -37,3 +37,16 @@ class DownloadError(HnrError):
 
 class SourceNotFoundError(HnrError):
     """A dataset or model cannot be found in any configured source."""
+
+
+class MissingInputError(HnrError):
+    """A file an asset reads is not there; the message names the asset (and partition) to materialize.
+
+    Args:
+        path: The missing file or folder.
+        message: What is missing and what to materialize.
+    """
+
+    def __init__(self, path: str | Path, message: str) -> None:
+        self.path = Path(path)
+        super().__init__(message)

@@ -254,6 +254,35 @@ class TrainingOutcome:
     def examples_per_second(self) -> float:
         return self.train_examples / self.train_seconds if self.train_seconds > 0 else 0.0
 
+    def final_metrics(self) -> dict[str, float]:
+        """The outcome as MLflow metrics (`final.<name>`, unrounded), logged at the last step."""
+        values = {
+            "base_validation_score": self.base_score,
+            "best_validation_score": self.best_score,
+            "best_step": self.best_step,
+            "steps": self.global_step,
+            "train_seconds": self.train_seconds,
+            "examples_per_second": self.examples_per_second,
+        }
+        return {f"final.{k}": float(v) for k, v in values.items()}
+
+    def record(self) -> dict[str, Any]:
+        """The outcome as `training.json` keeps it (times rounded); the asset's metadata reads it from here."""
+        return {
+            "best_step": self.best_step,
+            "best_validation_score": self.best_score,
+            "base_validation_score": self.base_score,
+            "steps": self.global_step,
+            "planned_steps": self.planned_steps,
+            "stopped_early": self.stopped_early,
+            "evaluations": self.evaluations,
+            "train_seconds": round(self.train_seconds, 2),
+            "train_cpu_seconds": round(self.train_cpu_seconds, 2),
+            "examples_per_second": round(self.examples_per_second, 3),
+            "precision": self.precision,
+            "device": self.device,
+        }
+
 
 def metric_name(key: str) -> str:
     """A trainer log key as an MLflow metric name: `eval_validation_ndcg@10` -> `validation_ndcg_at_10`."""
