@@ -32,6 +32,8 @@ import dagster as dg
 from pydantic import BaseModel
 
 from hnr_assets.defs.checks import Check, problems_result
+from hnr_assets.defs.partitions import partitions_of
+from hnr_assets.profiles.schema import Profile
 
 # `backfill_policy` is marked beta in Dagster 1.13 (stable in use since 1.5); its warning would be printed
 # for every partitioned asset each time the code location loads.
@@ -61,6 +63,16 @@ class RunPolicy:
     heavy: bool = False
     refresh: bool = False
 
+
+# The stages (Dagster asset groups, one folder of `hnr_assets/defs` each) and their assets, in order.
+STAGES: dict[str, tuple[str, ...]] = {
+    "datasets": ("datasets", "training_pairs"),
+    "mining": ("bm25_index", "bm25_negatives", "cross_encoder", "ce_negatives", "bm25_scores"),
+    "generation": ("generator_models", "llm_negatives"),
+    "training": ("llm_negatives_ce_scores", "training_sets", "base_encoder", "encoders"),
+    "evaluation": ("scores", "results"),
+}
+STAGE_OF = {asset: stage for stage, assets in STAGES.items() for asset in assets}
 
 POLICIES: dict[str, RunPolicy] = {
     # datasets
@@ -149,8 +161,8 @@ CODE_VERSION: str | Callable[[str], str] = "1"
 
 def hnr_asset(
     name: str,
+    profile: Profile,
     *,
-    group: str,
     description: str,
     checks: Sequence[Check] = (),
     code_version: str | Callable[[str], str] | None = None,
@@ -158,12 +170,13 @@ def hnr_asset(
 ) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
     """`@dg.asset` with what every hnr asset declares the same way.
 
-    Fills the name, the group, the run policy of `POLICIES` (backfill policy, pool, automation), the
-    code version and the check specs; everything else (`partitions_def`, `deps`, `kinds`, ...) is passed on.
+    Fills the name, the group (its stage in `STAGES`), the partitions of the asset's axis in `POLICIES` and
+    its run policy (backfill policy, pool, automation), the code version and the check specs; everything
+    else (`deps`, `kinds`, ...) is passed on.
 
     Args:
         name: Asset name (a key of `POLICIES`).
-        group: The stage.
+        profile: The active profile (its lists are the partitions).
         description: Shown in the UI.
         checks: The asset's checks (`checks.contract`, `checks.quality`).
         code_version: A string, or a callable of the asset name; default `CODE_VERSION`.
@@ -172,10 +185,11 @@ def hnr_asset(
     version = CODE_VERSION if code_version is None else code_version
     return dg.asset(
         name=name,
-        group_name=group,
+        group_name=STAGE_OF[name],
         description=description,
         code_version=version(name) if callable(version) else version,
         check_specs=[check.spec(name) for check in checks] or None,
+        partitions_def=partitions_of(POLICIES[name].axis, profile),
         **run_policy(name),
         **kwargs,
     )

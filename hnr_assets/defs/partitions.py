@@ -41,3 +41,17 @@ def system_dataset_partitions(profile: Profile) -> dg.MultiPartitionsDefinition:
             "dataset": dataset_partitions(profile),
         }
     )
+
+
+# The partitions definition of each partition axis of `execution.POLICIES`.
+BY_AXIS = {
+    "dataset": dataset_partitions,
+    "generator": generator_partitions,
+    "recipe": recipe_partitions,
+    "system×dataset": system_dataset_partitions,
+}
+
+
+def partitions_of(axis: str | None, profile: Profile) -> dg.PartitionsDefinition | None:
+    """The partitions definition of a partition axis for `profile` (None: unpartitioned)."""
+    return BY_AXIS[axis](profile) if axis else None

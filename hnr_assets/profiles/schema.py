@@ -7,7 +7,7 @@ top-level keys are the fields of `Profile`. Each stage of the pipeline reads its
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -398,18 +398,25 @@ class BM25NegativesSettings(StrictModel):
         return self
 
 
+def _relative_margin(description: str):
+    """The positive-aware rule's relative margin (`lib.mining.ce_filter`), as the miner and the filter take it."""
+    return Field(default=0.05, ge=0.0, lt=1.0, description=description)
+
+
+def _absolute_margin(description: str):
+    """The positive-aware rule's absolute margin (off by default)."""
+    return Field(default=None, ge=0.0, description=description)
+
+
 class CENegativesSettings(StrictModel):
     """`ce_negatives`: the cross-encoder re-scores BM25's top candidates; the best non-positives are kept."""
 
     candidates: int = Field(default=100, ge=1, description="BM25 top-N candidates re-scored per query.")
-    relative_margin: float | None = Field(
-        default=0.05,
-        ge=0.0,
-        lt=1.0,
-        description="Drop candidates scoring >= positive * (1 - margin) (TopK-PercPos at 95%); null: off.",
+    relative_margin: float | None = _relative_margin(
+        "Drop candidates scoring >= positive * (1 - margin) (TopK-PercPos at 95%); null: off."
     )
-    absolute_margin: float | None = Field(
-        default=None, ge=0.0, description="Drop candidates scoring >= positive - margin (TopK-MarginPos); null: off."
+    absolute_margin: float | None = _absolute_margin(
+        "Drop candidates scoring >= positive - margin (TopK-MarginPos); null: off."
     )
 
 
@@ -477,14 +484,11 @@ class TrainingSetSettings(StrictModel):
         default=0.1, gt=0.0, lt=1.0, description="Share of the queries held out for validation (split by query)."
     )
     split_seed: int = Field(default=0, description="Seed of the split (a query's side is a hash of seed and id).")
-    filter_relative_margin: float | None = Field(
-        default=0.05,
-        ge=0.0,
-        lt=1.0,
-        description="`-filtered` recipes: drop an LLM negative scoring >= positive x (1 - margin) (TopK-PercPos).",
+    filter_relative_margin: float | None = _relative_margin(
+        "`-filtered` recipes: drop an LLM negative scoring >= positive x (1 - margin) (TopK-PercPos)."
     )
-    filter_absolute_margin: float | None = Field(
-        default=None, ge=0.0, description="`-filtered` recipes: drop a negative scoring >= positive - margin."
+    filter_absolute_margin: float | None = _absolute_margin(
+        "`-filtered` recipes: drop a negative scoring >= positive - margin."
     )
 
     @model_validator(mode="after")
@@ -629,17 +633,22 @@ class Profile(StrictModel):
         return [g.key for g in self.generators]
 
     def generator(self, key: str) -> GeneratorSpec:
-        for spec in self.generators:
-            if spec.key == key:
-                return spec
-        raise KeyError(key)
+        return _find(self.generators, "key", key)
 
     @property
     def dataset_names(self) -> list[str]:
         return [d.name for d in self.datasets]
 
     def dataset(self, name: str) -> DatasetSpec:
-        for spec in self.datasets:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
+        return _find(self.datasets, "name", name)
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def _find(specs: list[S], attribute: str, value: str) -> S:
+    """The spec whose `attribute` is `value` (KeyError when none is)."""
+    for spec in specs:
+        if getattr(spec, attribute) == value:
+            return spec
+    raise KeyError(value)

@@ -10,7 +10,6 @@ import polars as pl
 from hnr_assets.defs.checks import contract, problems_result
 from hnr_assets.defs.execution import each_partition, hnr_asset
 from hnr_assets.defs.layout import MANIFEST, PARQUET, Layout
-from hnr_assets.defs.partitions import dataset_partitions
 from hnr_assets.lib.data.beir import SplitStats, convert_beir_split, dataset_files, validate_stored_split
 from hnr_assets.lib.data.pairs import build_pairs, validate_pairs
 from hnr_assets.lib.data.sources import ResolvedSource
@@ -20,7 +19,6 @@ from hnr_assets.profiles.schema import Profile
 from hnr_assets.resources.datasets import DatasetSourcesResource
 from hnr_assets.resources.storage import StorageResource
 
-GROUP = "datasets"
 SAMPLE_ROWS = 3
 
 
@@ -74,8 +72,7 @@ def datasets_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @hnr_asset(
         "datasets",
-        group=GROUP,
-        partitions_def=dataset_partitions(profile),
+        profile,
         kinds={"parquet"},
         checks=[contract("Stored corpus, queries and qrels honour the BEIR contract.")],
         description=(
@@ -116,7 +113,7 @@ def training_pairs_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @hnr_asset(
         "training_pairs",
-        group=GROUP,
+        profile,
         kinds={"parquet"},
         checks=[contract("Pairs are unique, non-empty, positives in the corpus.")],
         description=(

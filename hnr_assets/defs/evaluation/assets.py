@@ -26,7 +26,7 @@ import polars as pl
 from hnr_assets.defs.checks import contract, problems_result, quality
 from hnr_assets.defs.execution import each_partition, hnr_asset
 from hnr_assets.defs.layout import TRAINING, Layout
-from hnr_assets.defs.partitions import recipes, system_dataset_partitions, system_keys
+from hnr_assets.defs.partitions import recipes, system_keys
 from hnr_assets.lib.data.beir import load_qrels
 from hnr_assets.lib.evaluation.scores import (
     METRICS,
@@ -47,7 +47,6 @@ from hnr_assets.profiles.schema import Profile
 from hnr_assets.resources.mlflow import TAG_PROFILE, TAG_ROLE, TAG_SYSTEM, MlflowResource, TrackedRun
 from hnr_assets.resources.storage import StorageResource
 
-GROUP = "evaluation"
 SAMPLE_QUERIES = 3
 SAMPLE_HITS = 3
 TRAINING_KEYS = ("registered_model", "model_version", "best_step", "base_model")
@@ -106,8 +105,7 @@ def scores_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @hnr_asset(
         "scores",
-        group=GROUP,
-        partitions_def=system_dataset_partitions(profile),
+        profile,
         deps=_scores_deps(),
         kinds={"pytorch", "parquet", "mlflow"},
         checks=[
@@ -231,7 +229,7 @@ def results_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @hnr_asset(
         "results",
-        group=GROUP,
+        profile,
         deps=[dg.AssetDep("scores")],
         kinds={"parquet", "mlflow"},
         checks=[

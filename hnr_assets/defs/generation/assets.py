@@ -9,7 +9,6 @@ import polars as pl
 from hnr_assets.defs.checks import negative_set_check_results, negative_set_checks
 from hnr_assets.defs.execution import hnr_asset, versioned
 from hnr_assets.defs.layout import GENERATOR_MODEL, SUMMARY, Layout
-from hnr_assets.defs.partitions import generator_partitions
 from hnr_assets.lib.generation.generator_models import ServedModel, prepare_model
 from hnr_assets.lib.generation.llm_output import REASONS, ValidationRules
 from hnr_assets.lib.generation.prompts import PromptTemplate, load_prompt
@@ -39,7 +38,6 @@ from hnr_assets.resources.mlflow import (
 )
 from hnr_assets.resources.storage import StorageResource
 
-GROUP = "generation"
 SAMPLE_ROWS = 8
 MODEL_FILE = GENERATOR_MODEL
 
@@ -54,8 +52,7 @@ def generator_models_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @hnr_asset(
         "generator_models",
-        group=GROUP,
-        partitions_def=generator_partitions(profile),
+        profile,
         kinds={"transformers"},
         description=(
             "The weights of one generator (partition = generator key), as a local transformers folder: downloaded "
@@ -109,8 +106,7 @@ def llm_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @hnr_asset(
         "llm_negatives",
-        group=GROUP,
-        partitions_def=generator_partitions(profile),
+        profile,
         deps=["training_pairs", "generator_models"],
         kinds={"parquet"},
         # The prompt template files and the generation settings shape the output: editing either shows

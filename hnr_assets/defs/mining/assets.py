@@ -6,6 +6,7 @@ inputs, calls it, writes the outputs atomically and reports metadata, checks and
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -15,7 +16,6 @@ from hnr_assets.defs.checks import Check, contract, negative_set_check_results, 
 from hnr_assets.defs.checks import quality as quality_check
 from hnr_assets.defs.execution import each_partition, hnr_asset
 from hnr_assets.defs.layout import NEGATIVES, RETRIEVAL_RANKS, STATS, Layout
-from hnr_assets.defs.partitions import dataset_partitions
 from hnr_assets.lib.data.beir import load_qrels
 from hnr_assets.lib.evaluation.scores import score_run, validate_run, write_scores
 from hnr_assets.lib.mining.cross_encoder import read_manifest, sanity_check
@@ -42,7 +42,6 @@ from hnr_assets.resources.cross_encoder import CrossEncoderResource
 from hnr_assets.resources.mlflow import TAG_MINING_ASSET, TAG_MINING_DAGSTER_RUN, TAG_MINING_DATASET, MlflowResource
 from hnr_assets.resources.storage import StorageResource
 
-GROUP = "mining"
 SAMPLE_PAIRS = 3
 SHORT_ROWS = 10
 RUN_SCHEMA = {"query_id": pl.String, "doc_id": pl.String, "score": pl.Float64, "rank": pl.Int32}
@@ -100,18 +99,22 @@ def _write_negative_set(target: Path, negatives: pl.DataFrame, stats: pl.DataFra
             frame.write_parquet(tmp / name, compression="zstd")
 
 
+@dataclass(frozen=True)
+class MinedSet:
+    """A negative set just written: its folder, the pairs, per-pair stats, metadata and MLflow parameters."""
+
+    target: Path
+    pairs: pl.DataFrame
+    stats: pl.DataFrame
+    extra: dict
+    params: dict
+
+
 def _negative_set_result(
-    context: dg.AssetExecutionContext,
-    asset: str,
-    target: Path,
-    pairs: pl.DataFrame,
-    stats: pl.DataFrame,
-    extra: dict,
-    params: dict,
-    mlflow: MlflowResource,
-    min_full_share: float,
+    context: dg.AssetExecutionContext, asset: str, mined: MinedSet, mlflow: MlflowResource, min_full_share: float
 ) -> dg.MaterializeResult:
     """Re-read the stored set, evaluate the shared checks, log to MLflow, build the metadata."""
+    target, pairs, stats, extra, params = mined.target, mined.pairs, mined.stats, mined.extra, mined.params
     path = target / NEGATIVES
     stored = pl.read_parquet(path)
     checks = negative_set_check_results(stored, pairs, min_full_share)
@@ -151,7 +154,7 @@ def bm25_index_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @hnr_asset(
         "bm25_index",
-        group=GROUP,
+        profile,
         deps=["training_pairs"],
         kinds={"lucene" if profile.bm25.backend == "pyserini" else "python"},
         checks=[contract("Every corpus document is in the index.")],
@@ -203,7 +206,7 @@ def bm25_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @hnr_asset(
         "bm25_negatives",
-        group=GROUP,
+        profile,
         deps=["bm25_index", "training_pairs"],
         kinds={"parquet"},
         checks=negative_set_checks(mining.min_full_share),
@@ -217,14 +220,15 @@ def bm25_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
     def bm25_negatives(
         context: dg.AssetExecutionContext, storage: StorageResource, bm25: BM25Resource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        return mine_bm25_negatives(profile, window, context, storage, bm25, mlflow)
+        mined = mine_bm25_negatives(profile, window, context, storage, bm25)
+        return _negative_set_result(context, "bm25_negatives", mined, mlflow, mining.min_full_share)
 
     return bm25_negatives
 
 
 def mine_bm25_negatives(
-    profile: Profile, window: RankWindow, context, storage: StorageResource, bm25: BM25Resource, mlflow: MlflowResource
-) -> dg.MaterializeResult:
+    profile: Profile, window: RankWindow, context, storage: StorageResource, bm25: BM25Resource
+) -> MinedSet:
     """The body of `bm25_negatives`."""
     settings = profile.mining.bm25_negatives
     files = _training(storage, "bm25_negatives")
@@ -252,16 +256,7 @@ def mine_bm25_negatives(
         "queries_per_second": round(queries.height / max(search_seconds, 1e-9), 1),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    params = {
-        **config_dict(bm25.config()),
-        "first_rank": window.first,
-        "last_rank": window.last,
-        "strategy": settings.strategy,
-        "seed": settings.seed,
-    }
-    return _negative_set_result(
-        context, "bm25_negatives", target, pairs, stats, extra, params, mlflow, profile.mining.min_full_share
-    )
+    return MinedSet(target, pairs, stats, extra, {**config_dict(bm25.config()), **settings.model_dump()})
 
 
 def cross_encoder_asset(profile: Profile) -> dg.AssetsDefinition:
@@ -277,7 +272,7 @@ def cross_encoder_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @hnr_asset(
         "cross_encoder",
-        group=GROUP,
+        profile,
         kinds={"onnx" if ce_spec.model.startswith("package:") else "pytorch"},
         checks=[sanity],
         description=(
@@ -318,7 +313,7 @@ def ce_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @hnr_asset(
         "ce_negatives",
-        group=GROUP,
+        profile,
         deps=["cross_encoder", "bm25_index", "training_pairs"],
         kinds={"parquet"},
         checks=negative_set_checks(profile.mining.min_full_share),
@@ -336,14 +331,15 @@ def ce_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
         cross_encoder_runtime: CrossEncoderResource,
         mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
-        return mine_ce_negatives(profile, context, storage, bm25, cross_encoder_runtime, mlflow)
+        mined = mine_ce_negatives(profile, context, storage, bm25, cross_encoder_runtime)
+        return _negative_set_result(context, "ce_negatives", mined, mlflow, profile.mining.min_full_share)
 
     return ce_negatives
 
 
 def mine_ce_negatives(
-    profile: Profile, context, storage: StorageResource, bm25: BM25Resource, runtime: CrossEncoderResource, mlflow
-) -> dg.MaterializeResult:
+    profile: Profile, context, storage: StorageResource, bm25: BM25Resource, runtime: CrossEncoderResource
+) -> MinedSet:
     """The body of `ce_negatives`."""
     ce = profile.mining.ce_negatives
     files = _training(storage, "ce_negatives")
@@ -387,19 +383,9 @@ def mine_ce_negatives(
         "mean_positive_score": round(float(stats["positive_score"].mean() or 0.0), 4),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    params = {
-        "cross_encoder": profile.cross_encoder.model,
-        "max_length": scorer.max_length,
-        "candidates": ce.candidates,
-        "relative_margin": ce.relative_margin,
-        "absolute_margin": ce.absolute_margin,
-        "bm25_backend": bm25.backend,
-        "k1": bm25.k1,
-        "b": bm25.b,
-    }
-    return _negative_set_result(
-        context, "ce_negatives", target, pairs, stats, extra, params, mlflow, profile.mining.min_full_share
-    )
+    params = {"cross_encoder": profile.cross_encoder.model, "max_length": scorer.max_length, **ce.model_dump()}
+    params.update(bm25_backend=bm25.backend, k1=bm25.k1, b=bm25.b)
+    return MinedSet(target, pairs, stats, extra, params)
 
 
 def bm25_scores_asset(profile: Profile) -> dg.AssetsDefinition:
@@ -408,8 +394,7 @@ def bm25_scores_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @hnr_asset(
         "bm25_scores",
-        group=GROUP,
-        partitions_def=dataset_partitions(profile),
+        profile,
         deps=["datasets"],
         kinds={"parquet"},
         checks=[

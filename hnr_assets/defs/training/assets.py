@@ -39,7 +39,7 @@ from hnr_assets.defs.layout import (
     Input,
     Layout,
 )
-from hnr_assets.defs.partitions import generator_partitions, recipe_partitions, recipes
+from hnr_assets.defs.partitions import recipes
 from hnr_assets.defs.training.config import config_class, merge
 from hnr_assets.lib.mining.negatives import NEGATIVES_SCHEMA
 from hnr_assets.lib.runtime.errors import DataValidationError
@@ -69,7 +69,6 @@ from hnr_assets.resources.mlflow import (
 )
 from hnr_assets.resources.storage import StorageResource
 
-GROUP = "training"
 SAMPLE_ROWS = 3
 REQUIRED_TRAINING_KEYS = (
     "recipe",
@@ -156,8 +155,7 @@ def ce_scores_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @hnr_asset(
         "llm_negatives_ce_scores",
-        group=GROUP,
-        partitions_def=generator_partitions(profile),
+        profile,
         deps=["llm_negatives", "cross_encoder"],
         kinds={"parquet"},
         checks=[contract("One probability in [0, 1] per negative.")],
@@ -255,15 +253,13 @@ def _training_set_deps(profile: Profile) -> list:
 
 def training_sets_asset(profile: Profile) -> dg.AssetsDefinition:
     """`training_sets`, partitioned by recipe; launchpad config = the profile's `training.sets`."""
-    spec = profile.training
-    TrainingSetsConfig = config_class(
-        "TrainingSetsConfig", spec.sets, "How the training set is assembled (defaults: the profile's `training.sets`)."
-    )
+    sets = profile.training.sets
+    doc = "How the training set is assembled (defaults: the profile's `training.sets`)."
+    TrainingSetsConfig = config_class("TrainingSetsConfig", sets, doc)
 
     @hnr_asset(
         "training_sets",
-        group=GROUP,
-        partitions_def=recipe_partitions(profile),
+        profile,
         deps=_training_set_deps(profile),
         kinds={"parquet"},
         checks=[
@@ -283,9 +279,7 @@ def training_sets_asset(profile: Profile) -> dg.AssetsDefinition:
         by_key = _recipe_map(profile)
         return each_partition(
             context,
-            lambda key: one_training_set(
-                profile, by_key[key], merge(spec.sets, config, f"training_sets[{key}]"), storage
-            ),
+            lambda key: one_training_set(profile, by_key[key], merge(sets, config, f"training_sets[{key}]"), storage),
         )
 
     return training_sets
@@ -413,7 +407,7 @@ def base_encoder_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @hnr_asset(
         "base_encoder",
-        group=GROUP,
+        profile,
         kinds={"pytorch"},
         checks=[contract("The folder loads with SentenceTransformer and encodes.", "loads")],
         description=(
@@ -467,8 +461,7 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @hnr_asset(
         "encoders",
-        group=GROUP,
-        partitions_def=recipe_partitions(profile),
+        profile,
         deps=["training_sets", "base_encoder", "training_pairs"],
         kinds={"pytorch", "mlflow"},
         checks=[

@@ -78,13 +78,19 @@ class GenerationResult:
 
 
 @dataclass
-class EngineStats:
-    """What an engine did, for throughput reporting."""
+class GenerationCounts:
+    """Requests, completions and tokens: counted by an engine, summed over a run (`runner.RunReport`)."""
 
     requests: int = 0
     completions: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+@dataclass
+class EngineStats(GenerationCounts):
+    """What an engine did, for throughput reporting."""
+
     retries: int = 0
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)

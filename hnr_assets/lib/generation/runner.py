@@ -24,7 +24,14 @@ from typing import Any
 
 import polars as pl
 
-from hnr_assets.lib.generation.backends import Engine, GenerationRequest, GenerationResult, Sampling, request_seed
+from hnr_assets.lib.generation.backends import (
+    Engine,
+    GenerationCounts,
+    GenerationRequest,
+    GenerationResult,
+    Sampling,
+    request_seed,
+)
 from hnr_assets.lib.generation.llm_output import PairValidator, ValidationRules, parse_completion
 from hnr_assets.lib.generation.prompts import PromptTemplate
 from hnr_assets.lib.generation.shards import ShardStore
@@ -121,17 +128,13 @@ class GenerationPlan:
 
 
 @dataclass
-class RunReport:
+class RunReport(GenerationCounts):
     """What one call of `generate_negatives` did (this run only; totals come from the shards)."""
 
     pairs_total: int = 0
     pairs_skipped: int = 0
     pairs_generated: int = 0
     shards_written: int = 0
-    requests: int = 0
-    completions: int = 0
-    completion_tokens: int = 0
-    prompt_tokens: int = 0
     generate_seconds: float = 0.0
     wall_seconds: float = 0.0
     reasons: Counter = field(default_factory=Counter)

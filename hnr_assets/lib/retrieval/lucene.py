@@ -43,6 +43,7 @@ from hnr_assets.lib.retrieval.base import (
     HITS_SCHEMA,
     INDEX_FORMAT,
     MANIFEST,
+    BM25Config,
     BM25Engine,
     IndexHandle,
     Log,
@@ -159,18 +160,10 @@ def analyzer_args(stemmer: str, keep_stopwords: bool) -> list[str]:
     return args
 
 
-def index_collection(
-    collection_dir: Path,
-    index_dir: Path,
-    *,
-    stemmer: str,
-    keep_stopwords: bool,
-    threads: int,
-    log_path: Path,
-    java_home: str | None = None,
-    heap: str = "4g",
-) -> dict[str, int]:
+def index_collection(collection_dir: Path, index_dir: Path, config: BM25Config, *, log_path: Path) -> dict[str, int]:
     """Index a folder of JsonCollection files (`{"id", "contents"}` per line) into a flat Lucene index.
+
+    The analyzer (`config.stemmer`, `config.keep_stopwords`), the threads and the JVM come from `config`.
 
     Returns:
         Anserini's counters: `indexed` and `empty` documents.
@@ -187,12 +180,12 @@ def index_collection(
             "-index",
             str(index_dir),
             "-threads",
-            str(threads),
-            *analyzer_args(stemmer, keep_stopwords),
+            str(config.threads),
+            *analyzer_args(config.stemmer, config.keep_stopwords),
         ],
         log_path=log_path,
-        java_home=java_home,
-        heap=heap,
+        java_home=config.java_home,
+        heap=config.java_heap,
     )
     indexed, empty = _INDEXED.findall(output), _EMPTY.findall(output)
     if not indexed:
@@ -204,15 +197,9 @@ def search_collection(
     index: str,
     queries: pl.DataFrame,
     k: int,
+    config: BM25Config,
     *,
-    k1: float,
-    b: float,
-    stemmer: str,
-    keep_stopwords: bool,
-    threads: int,
     work_dir: Path,
-    java_home: str | None = None,
-    heap: str = "4g",
     index_cache: Path | None = None,
     on_log: Callable[[str], None] | None = None,
 ) -> pl.DataFrame:
@@ -222,11 +209,8 @@ def search_collection(
         index: An index folder, or the name of a pyserini prebuilt index (e.g. `msmarco-v1-passage`).
         queries: `query_id, text`.
         k: Hits per query.
-        k1, b: BM25 parameters.
-        stemmer, keep_stopwords: The analyzer the index was built with.
-        threads: Search threads.
+        config: BM25 parameters (k1, b), the analyzer the index was built with, search threads, the JVM.
         work_dir: Scratch folder for the topics file, the run file and the log (created, then removed).
-        java_home, heap: The JVM.
         index_cache: Where Anserini keeps downloaded prebuilt indexes (`-Danserini.index.cache`).
         on_log: Receives a one-line summary.
 
@@ -263,25 +247,25 @@ def search_collection(
                 "trec",
                 "-bm25",
                 "-bm25.k1",
-                str(k1),
+                str(config.k1),
                 "-bm25.b",
-                str(b),
+                str(config.b),
                 "-hits",
                 str(k),
                 "-threads",
-                str(threads),
-                *analyzer_args(stemmer, keep_stopwords),
+                str(config.threads),
+                *analyzer_args(config.stemmer, config.keep_stopwords),
             ],
             log_path=work_dir / "search.log",
-            java_home=java_home,
-            heap=heap,
+            java_home=config.java_home,
+            heap=config.java_heap,
             system_properties=props,
         )
         hits = parse_trec_run(run_path)
         hits = hits.join(surrogates.select("sid", "query_id"), left_on="query_id", right_on="sid", how="inner")
         hits = hits.select(pl.col("query_id_right").alias("query_id"), "doc_id", "rank", "score").cast(HITS_SCHEMA)
         if on_log:
-            on_log(f"lucene: {hits.height} hits for {surrogates.height} queries (k={k}, threads={threads})")
+            on_log(f"lucene: {hits.height} hits for {surrogates.height} queries (k={k}, threads={config.threads})")
         return hits
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -327,12 +311,8 @@ class LuceneEngine(BM25Engine):
         counts = index_collection(
             collection,
             index_dir,
-            stemmer=self.config.stemmer,
-            keep_stopwords=self.config.keep_stopwords,
-            threads=self.config.threads,
+            self.config,
             log_path=index_dir.parent / "indexing.log",
-            java_home=self.config.java_home,
-            heap=self.config.java_heap,
         )
         shutil.rmtree(scratch, ignore_errors=True)
         if counts["indexed"] + counts["empty"] != documents:
@@ -382,14 +362,8 @@ class LuceneEngine(BM25Engine):
             index.location,
             queries,
             k,
-            k1=self.config.k1,
-            b=self.config.b,
-            stemmer=self.config.stemmer,
-            keep_stopwords=self.config.keep_stopwords,
-            threads=self.config.threads,
+            self.config,
             work_dir=index.folder.parent / f".search-{uuid.uuid4().hex[:10]}",
-            java_home=self.config.java_home,
-            heap=self.config.java_heap,
             index_cache=Path(cache) if cache else None,
             on_log=log,
         )
