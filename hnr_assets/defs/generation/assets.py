@@ -39,7 +39,6 @@ from hnr_assets.resources.mlflow import (
 from hnr_assets.resources.storage import StorageResource
 
 SAMPLE_ROWS = 8
-MODEL_FILE = GENERATOR_MODEL
 
 
 def _md_counts(counts: dict, label: str) -> str:
@@ -82,7 +81,7 @@ def generator_models_asset(profile: Profile) -> dg.AssetsDefinition:
             served=served,
             log=context.log.info,
         )
-        write_text(json.dumps(info, indent=2), target / MODEL_FILE)
+        write_text(json.dumps(info, indent=2), target / GENERATOR_MODEL)
         manifest = info.get("manifest") or {}
         return dg.MaterializeResult(
             metadata={
@@ -92,7 +91,7 @@ def generator_models_asset(profile: Profile) -> dg.AssetsDefinition:
                 "identity": info["identity"],
                 "weights": dg.MetadataValue.path(info["path"]) if info["path"] else "served",
                 "parameters": int(manifest.get("parameters", 0)),
-                "path": dg.MetadataValue.path(str(target / MODEL_FILE)),
+                "path": dg.MetadataValue.path(str(target / GENERATOR_MODEL)),
                 "seconds": round(time.perf_counter() - started, 2),
             }
         )
