@@ -22,8 +22,8 @@ def materialize(
     defs: dg.Definitions,
     asset: str,
     partition: str | None = None,
-    *,
     instance: dg.DagsterInstance | None = None,
+    *,
     resources: dict | None = None,
     **kwargs,
 ) -> dg.ExecuteInProcessResult:
