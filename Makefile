@@ -18,7 +18,7 @@ HOST ?= 127.0.0.1
 DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 
-.PHONY: install system-deps demo test lint dev mlflow clean-data
+.PHONY: install system-deps demo demo-full test lint dev mlflow clean-data
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ system-deps:
 
 demo: install
 	$(PY) -m hnr_assets.cli demo
+
+# The full local grid: both generators, all 14 recipes, all five collections (profile local-full).
+demo-full: install
+	HNR_PROFILE=local-full $(PY) -m hnr_assets.cli demo
 
 test: install system-deps
 	$(VENV)/bin/ruff check .

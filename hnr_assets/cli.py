@@ -14,13 +14,13 @@ import hashlib
 import logging
 import os
 import shutil
-import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hnr_assets.lib.memory import peak_mib, release_free_memory, status_mib
+from hnr_assets.lib.runtime.memory import peak_mib, release_free_memory, status_mib
+from hnr_assets.lib.runtime.owner import HOST, TAG_HOST, Owner
 
 log = logging.getLogger("hnr.demo")
 
@@ -123,21 +123,18 @@ def release_dead_demo_runs(instance) -> list[str]:
     import dagster as dg
     from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-    from hnr_assets.lib.io import pid_alive
-
-    host = socket.gethostname()
     released = []
     runs = instance.get_runs(
         dg.RunsFilter(
             statuses=[s for s in dg.DagsterRunStatus if s not in FINISHED_STATUSES],
-            tags={"hnr/launched_by": "demo", "hnr/host": host},
+            tags={"hnr/launched_by": "demo", TAG_HOST: HOST},
         )
     )
     for run in runs:
-        pid = int(run.tags.get("hnr/pid", "0") or 0)
-        if not pid or pid == os.getpid() or pid_alive(pid):
+        owner = Owner.from_tags(run.tags)
+        if owner is None or owner.is_current or owner.alive():
             continue
-        instance.report_run_failed(run, f"its process {pid} on {host} ended without finishing the run")
+        instance.report_run_failed(run, f"its process {owner.pid} on {HOST} ended without finishing the run")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         released.append(run.run_id)
     return released
@@ -170,7 +167,7 @@ def run_demo(
     released = release_dead_demo_runs(instance)
     if released:
         log.warning("marked FAILED %d demo runs whose process had died, freeing their pool slots", len(released))
-    owner = {"hnr/host": socket.gethostname(), "hnr/pid": str(os.getpid())}
+    owner = Owner.current().tags()
     steps: list[Step] = []
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     for key in graph.toposorted_asset_keys:
@@ -262,7 +259,7 @@ def submit_backfill(
     from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
 
-    from hnr_assets.lib.errors import ConfigError
+    from hnr_assets.lib.runtime.errors import ConfigError
 
     graph = defs.resolve_asset_graph()
     keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable]

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from hnr_assets.lib.errors import ConfigError
+from hnr_assets.lib.runtime.errors import ConfigError
 from hnr_assets.profiles.schema import Profile
 
 __all__ = ["Profile", "ProfileError", "load_profile"]
