@@ -1,9 +1,11 @@
-"""Generator backends: one interface (`GeneratorBackend.engine`), three real implementations.
+"""Generator backends: one interface (`GeneratorBackend.engine`), four real implementations.
 
 - `VllmBackend`: vLLM offline inference (`LLM.generate` over a whole shard of prompts, per-request
   seeds, tensor parallelism). vLLM is in the `gpu` extra and imported only inside `engine`.
 - `TransformersBackend`: transformers `generate`, batched and left-padded, CPU or GPU. Batches are
   sorted by prompt length; one seed per batch (transformers has no per-row generator).
+- `CTranslate2Backend`: CTranslate2 on CPU (`lib.ctranslate2_engine`): the model converted once to
+  int8, every request's completions sampled from one reading of its prompt, on single-thread workers.
 - `OpenAIBackend`: an OpenAI-compatible `/chat/completions` endpoint (`vllm serve`, llama.cpp's
   server, SGLang, a hosted API): bounded concurrency, connect/read timeouts, retries with exponential
   backoff and jitter on timeouts, connection errors, 408/409/429/5xx and malformed answers. The API key
@@ -11,6 +13,7 @@
 
 `GeneratorBackendsResource` (resource key `generator_backends`) holds one of each and picks the one a
 generator's `backend` names; a generator's `engine_options` override the backend's settings.
+`prepare` makes files a backend needs besides the weights, once, in the `generator_models` asset.
 """
 
 from __future__ import annotations
@@ -82,6 +85,10 @@ class GeneratorBackend(dg.ConfigurableResource, ABC):
     def describe(self) -> dict[str, Any]:
         """Settings that change what is generated, for the generation signature (no secrets)."""
         return {"backend": type(self).__name__}
+
+    def prepare(self, model_dir: Path, log: LogFn = log.info) -> dict[str, Any]:
+        """Make what the engine needs besides the weights in `model_dir` (once); a note for `model.json`."""
+        return {}
 
 
 # ---------------------------------------------------------------------------------------------- transformers
@@ -245,6 +252,77 @@ class TransformersBackend(GeneratorBackend):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "transformers", "precision": self.precision}
+
+
+# ---------------------------------------------------------------------------------------------- CTranslate2
+
+
+class CTranslate2Backend(GeneratorBackend):
+    """CTranslate2 on CPU: the weights converted once (`quantization`), sampled on `workers` generators."""
+
+    quantization: Literal["int8", "int8_float32", "int8_bfloat16", "int16", "float32", "bfloat16"] = Field(
+        default="int8", description="Weight type of the converted model (converted once per model and type)."
+    )
+    compute_type: Literal["auto", "int8", "int8_float32", "int8_bfloat16", "int16", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="`auto`: int8 with bf16 activations where CTranslate2 offers it on a CPU with native bf16, "
+        "else int8 with fp32 activations.",
+    )
+    workers: int = Field(
+        default=2, ge=1, le=64, description="Generators running at once (one model replica and thread pool each)."
+    )
+    threads_per_worker: int = Field(
+        default=1, ge=1, le=64, description="Threads of each worker (1: nothing spins when the CPU is shared)."
+    )
+    cache_dir: str = Field(
+        default="", description="Where converted models live (empty: a `ctranslate2` folder beside the weights)."
+    )
+
+    def _cache_root(self, model_dir: Path) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(model_dir).parent / "ctranslate2"
+
+    def prepare(self, model_dir: Path, log: LogFn = log.info) -> dict[str, Any]:
+        from hnr_assets.lib.ctranslate2_engine import converted_model
+
+        folder, manifest = converted_model(model_dir, self._cache_root(model_dir), self.quantization, log)
+        return {"ctranslate2": {"path": str(folder), **manifest}}
+
+    @contextlib.contextmanager
+    def engine(self, spec: Any, model_dir: Path | None, log: LogFn = log.info) -> Iterator[Any]:
+        if model_dir is None:
+            raise ConfigError(f"generator {spec.key!r}: the ctranslate2 backend needs model weights")
+        from hnr_assets.lib.ctranslate2_engine import CTranslate2Engine, WorkerPlan, converted_model
+
+        trust_remote_code(model_dir, spec.trust_remote_code, f"generators[{spec.key}].trust_remote_code")
+        folder, _ = converted_model(Path(model_dir), self._cache_root(Path(model_dir)), self.quantization, log)
+        engine = CTranslate2Engine(
+            folder,
+            sampling_of(spec),
+            spec.chat_template_kwargs,
+            spec.batch_size,
+            compute_type=self.compute_type,
+            threads=WorkerPlan(self.workers, self.threads_per_worker),
+            log=log,
+        )
+        try:
+            yield engine
+        finally:
+            engine.close()
+
+    def describe(self) -> dict[str, Any]:
+        import ctranslate2
+
+        from hnr_assets.lib.ctranslate2_engine import cpu_flags, resolve_compute_type
+
+        supported = set(ctranslate2.get_supported_compute_types("cpu"))
+        return {
+            "backend": "ctranslate2",
+            "quantization": self.quantization,
+            "compute_type": resolve_compute_type(self.compute_type, supported, cpu_flags()),
+            # The workers' seeds and their shares of the requests depend on these.
+            "workers": self.workers,
+            "threads_per_worker": self.threads_per_worker,
+        }
 
 
 # ---------------------------------------------------------------------------------------------- vLLM
@@ -584,14 +662,20 @@ class OpenAIBackend(GeneratorBackend):
 
 
 class GeneratorBackendsResource(dg.ConfigurableResource):
-    """The three backends; `for_spec` picks the one a generator names and applies its `engine_options`."""
+    """The four backends; `for_spec` picks the one a generator names and applies its `engine_options`."""
 
     transformers: TransformersBackend
     vllm: VllmBackend
     openai: OpenAIBackend
+    ctranslate2: CTranslate2Backend
 
     def for_spec(self, spec: Any) -> GeneratorBackend:
-        backend = {"transformers": self.transformers, "vllm": self.vllm, "openai": self.openai}[spec.backend]
+        backend = {
+            "transformers": self.transformers,
+            "vllm": self.vllm,
+            "openai": self.openai,
+            "ctranslate2": self.ctranslate2,
+        }[spec.backend]
         try:
             return backend.with_options(spec.engine_options)
         except ConfigError as exc:

@@ -30,6 +30,7 @@ from hnr_assets.lib.errors import ConfigError
 from hnr_assets.lib.generator_models import build_tiny_tokenizer
 from hnr_assets.profiles.schema import GeneratorSpec
 from hnr_assets.resources.generators import (
+    CTranslate2Backend,
     GeneratorBackendsResource,
     OpenAIBackend,
     TransformersBackend,
@@ -187,7 +188,10 @@ def _spec(**kw) -> GeneratorSpec:
 
 def test_resource_picks_the_backend_and_applies_engine_options() -> None:
     resource = GeneratorBackendsResource(
-        transformers=TransformersBackend(), vllm=VllmBackend(), openai=OpenAIBackend(api_key="k")
+        transformers=TransformersBackend(),
+        vllm=VllmBackend(),
+        openai=OpenAIBackend(api_key="k"),
+        ctranslate2=CTranslate2Backend(),
     )
     assert isinstance(resource.for_spec(_spec()), TransformersBackend)
     assert (

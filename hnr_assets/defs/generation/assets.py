@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -125,6 +126,8 @@ def build_defs(profile: Profile) -> dg.Definitions:
         target = storage.asset_dir("generator_models", spec.key)
         target.mkdir(parents=True, exist_ok=True)
         info = _prepare_model(spec, storage, generator_backends, target, context.log.info)
+        if info["path"] is not None:  # files the backend needs besides the weights (a CTranslate2 copy)
+            info["engine"] = generator_backends.for_spec(spec).prepare(Path(info["path"]), context.log.info)
         write_text(json.dumps(info, indent=2), target / MODEL_FILE)
         manifest = info.get("manifest") or {}
         return dg.MaterializeResult(
@@ -136,6 +139,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 "weights": dg.MetadataValue.path(info["path"]) if info["path"] else "served",
                 "parameters": int(manifest.get("parameters", 0)),
                 "path": dg.MetadataValue.path(str(target / MODEL_FILE)),
+                **{f"{k}_files": dg.MetadataValue.path(v["path"]) for k, v in info.get("engine", {}).items()},
                 "seconds": round(time.perf_counter() - started, 2),
             }
         )
@@ -185,6 +189,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
             rules=ValidationRules(**gen.validation.model_dump()),
             pairs_per_shard=spec.pairs_per_shard,
             max_positive_words=gen.max_positive_words,
+            retry_factor=spec.retry_factor,
         )
         signature = plan.signature_settings(
             model["identity"],
