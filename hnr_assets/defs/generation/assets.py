@@ -109,7 +109,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         group_name="generation",
         partitions_def=partitions,
         kinds={"transformers"},
-        code_version="1",
+        code_version="2",  # 2: the backend's own files (a CTranslate2 copy) prepared here
         **run_policy("generator_models"),
         description=(
             "The weights of one generator (partition = generator key), as a local transformers folder: downloaded "
