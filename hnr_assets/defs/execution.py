@@ -20,14 +20,11 @@ One table (`POLICIES`) says it for every asset; the stages spread `run_policy(na
   their blocking checks. The sensor that evaluates it is off by default (`jobs.py`).
 """
 
-import hashlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import dagster as dg
-from pydantic import BaseModel
 
 from hnr_assets.defs.checks import problems_result
 
@@ -138,37 +135,6 @@ def run_policy(asset: str) -> dict[str, object]:
     if policy.partitions_per_run:
         kwargs["backfill_policy"] = dg.BackfillPolicy.multi_run(policy.partitions_per_run)
     return kwargs
-
-
-def versioned(logic: str, *inputs: object) -> str:
-    """A code version: the hand-bumped version of an asset's logic plus a digest of what else shapes it.
-
-    Dagster shows a partition stale when the code version differs from the one it was materialized
-    with, so a digest of a prompt template file or of profile settings makes editing them visible in the
-    UI (and makes `cli demo` rerun the asset).
-
-    Args:
-        logic: The version of the asset's code, bumped by hand when its logic changes.
-        inputs: Files (`Path`: their bytes), pydantic models (their JSON without default values, so that a
-            new setting added with a default leaves existing outputs current) or other values (`repr`).
-
-    Returns:
-        `<logic>+<12 hex digits>`.
-    """
-    digest = hashlib.sha256()
-    for item in inputs:
-        if isinstance(item, Path):
-            data = item.read_bytes()
-        elif isinstance(item, BaseModel):
-            data = item.model_dump_json(exclude_defaults=True).encode()
-        elif isinstance(item, list | tuple):
-            data = "\n".join(
-                m.model_dump_json(exclude_defaults=True) if isinstance(m, BaseModel) else repr(m) for m in item
-            ).encode()
-        else:
-            data = repr(item).encode()
-        digest.update(len(data).to_bytes(8, "big") + data)
-    return f"{logic}+{digest.hexdigest()[:12]}"
 
 
 def each_partition(

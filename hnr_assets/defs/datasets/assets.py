@@ -6,6 +6,7 @@ import time
 import dagster as dg
 import polars as pl
 
+from hnr_assets.defs import versions
 from hnr_assets.defs.checks import contract_spec, problems_result
 from hnr_assets.defs.execution import each_partition, run_policy
 from hnr_assets.defs.partitions import dataset_partitions
@@ -56,7 +57,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         group_name="datasets",
         partitions_def=dataset_partitions(profile),
         kinds={"parquet"},
-        code_version="1",
+        code_version=versions.code_version(profile, "datasets"),
         check_specs=[
             contract_spec("datasets", description="Stored corpus, queries and qrels honour the BEIR contract.")
         ],
@@ -95,6 +96,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 "source": f"{source.kind}: {source.detail}",
                 "path": dg.MetadataValue.path(str(target)),
                 "seconds": round(time.perf_counter() - started, 2),
+                versions.METADATA_KEY: versions.settings_hash(profile, "datasets", key),
                 **_samples(target),
             },
             check_results=[problems_result("contract", problems)],
@@ -106,7 +108,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         name="training_pairs",
         group_name="datasets",
         kinds={"parquet"},
-        code_version="1",
+        code_version=versions.code_version(profile, "training_pairs"),
         check_specs=[
             contract_spec("training_pairs", description="Pairs are unique, non-empty, positives in the corpus.")
         ],
@@ -157,6 +159,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 "source": f"{source.kind}: {source.detail}",
                 "path": dg.MetadataValue.path(str(target)),
                 "seconds": round(time.perf_counter() - started, 2),
+                versions.METADATA_KEY: versions.settings_hash(profile, "training_pairs"),
                 "sample_pairs": dg.MetadataValue.md(md_table(sample.iter_rows(), sample.columns)),
             },
             check_results=[problems_result("contract", problems)],

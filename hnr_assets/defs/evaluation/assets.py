@@ -23,6 +23,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from hnr_assets.defs import versions
 from hnr_assets.defs.checks import contract_spec, problems_result, quality_spec
 from hnr_assets.defs.execution import each_partition, run_policy
 from hnr_assets.defs.partitions import recipes, system_dataset_partitions, system_keys
@@ -107,7 +108,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
             dg.AssetDep("encoders", partition_mapping=dg.AllPartitionMapping()),
         ],
         kinds={"pytorch", "parquet", "mlflow"},
-        code_version="1",
+        code_version=versions.code_version(profile, "scores"),
         **run_policy("scores"),
         check_specs=[
             contract_spec(
@@ -176,6 +177,8 @@ def build_defs(profile: Profile) -> dg.Definitions:
         write_scores(target, run, per_query, metrics)
         contract, in_range = _check_stored(target, qrels, settings.top_k)
         tracked = _log_to_mlflow(mlflow, profile.name, system, dataset, training, target)
+        settings_hash = versions.settings_hash(profile, "scores", key)
+        tracked.set_tags({f"{versions.MLFLOW_TAG}/scores/{dataset}": settings_hash})  # a run holds every dataset
 
         return dg.MaterializeResult(
             metadata={
@@ -192,6 +195,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 ),
                 "mlflow_run_id": tracked.run_id,
                 "mlflow_run": dg.MetadataValue.url(tracked.url),
+                versions.METADATA_KEY: settings_hash,
             },
             check_results=[problems_result("contract", contract), problems_result("metrics_in_range", in_range)],
         )
@@ -201,7 +205,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         group_name="evaluation",
         deps=[dg.AssetDep("scores")],
         kinds={"parquet", "mlflow"},
-        code_version="1",
+        code_version=versions.code_version(profile, "results"),
         **run_policy("results"),
         check_specs=[
             quality_spec("results", "complete", "Every system is scored on every dataset."),
@@ -267,7 +271,9 @@ def build_defs(profile: Profile) -> dg.Definitions:
             for r in table.table.iter_rows(named=True)
             if r["average"] is not None
         }
-        with mlflow.run("results", tags={"hnr/role": "results", "hnr/profile": profile.name}) as tracked:
+        settings_hash = versions.settings_hash(profile, "results")
+        tags = {"hnr/role": "results", "hnr/profile": profile.name, versions.MLFLOW_TAG: settings_hash}
+        with mlflow.run("results", tags=tags) as tracked:
             tracked.log_params(
                 {
                     "systems": ",".join(systems),
@@ -312,6 +318,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 "path": dg.MetadataValue.path(str(target)),
                 "mlflow_run_id": tracked.run_id,
                 "mlflow_run": dg.MetadataValue.url(tracked.url),
+                versions.METADATA_KEY: settings_hash,
             },
             check_results=checks,
         )

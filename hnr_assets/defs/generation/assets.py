@@ -6,8 +6,9 @@ import time
 import dagster as dg
 import polars as pl
 
+from hnr_assets.defs import versions
 from hnr_assets.defs.checks import negative_set_check_results, negative_set_check_specs
-from hnr_assets.defs.execution import run_policy, versioned
+from hnr_assets.defs.execution import run_policy
 from hnr_assets.defs.partitions import generator_partitions
 from hnr_assets.lib import generator_models as gm
 from hnr_assets.lib.errors import ConfigError, SourceNotFoundError
@@ -108,7 +109,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         group_name="generation",
         partitions_def=partitions,
         kinds={"transformers"},
-        code_version="1",
+        code_version=versions.code_version(profile, "generator_models"),
         **run_policy("generator_models"),
         description=(
             "The weights of one generator (partition = generator key), as a local transformers folder: downloaded "
@@ -137,6 +138,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 "parameters": int(manifest.get("parameters", 0)),
                 "path": dg.MetadataValue.path(str(target / MODEL_FILE)),
                 "seconds": round(time.perf_counter() - started, 2),
+                versions.METADATA_KEY: versions.settings_hash(profile, "generator_models", spec.key),
             }
         )
 
@@ -146,9 +148,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         partitions_def=partitions,
         deps=["training_pairs", "generator_models"],
         kinds={"parquet"},
-        # The prompt template files and the generation settings shape the output: editing either shows
-        # the partitions stale (over-approximated: every generator's partitions, for any one's change).
-        code_version=versioned("1", *(load_prompt(g.prompt).path for g in profile.generators), gen, profile.generators),
+        code_version=versions.code_version(profile, "llm_negatives"),
         **run_policy("llm_negatives"),
         check_specs=negative_set_check_specs("llm_negatives", gen.min_full_share),
         description=(
@@ -229,9 +229,15 @@ def build_defs(profile: Profile) -> dg.Definitions:
         write_text(json.dumps(summary, indent=2), target / "summary.json")
         wall = time.perf_counter() - started
 
+        settings_hash = versions.settings_hash(profile, "llm_negatives", spec.key)
         with mlflow.run(
             f"llm_negatives:{spec.key}",
-            tags={"dagster/run_id": context.run.run_id, "hnr/asset": "llm_negatives", "hnr/partition": spec.key},
+            tags={
+                "dagster/run_id": context.run.run_id,
+                "hnr/asset": "llm_negatives",
+                "hnr/partition": spec.key,
+                versions.MLFLOW_TAG: settings_hash,
+            },
         ) as run:
             run.log_params(
                 {
@@ -297,6 +303,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 ),
                 "mlflow_run_id": run.run_id,
                 "mlflow_run": dg.MetadataValue.url(run.url),
+                versions.METADATA_KEY: settings_hash,
             },
             check_results=checks,
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from hnr_assets.defs import versions
 from hnr_assets.defs.checks import (
     contract_spec,
     negative_set_check_results,
@@ -123,7 +124,8 @@ def _negative_set_result(
         "pairs_full": full,
         "full_share": round(full / pairs.height, 4) if pairs.height else 0.0,
     }
-    with mlflow.run(f"negatives:{asset}", tags={"dagster_run_id": context.run.run_id, "asset": asset}) as run:
+    tags = {"dagster_run_id": context.run.run_id, "asset": asset, versions.MLFLOW_TAG: extra[versions.METADATA_KEY]}
+    with mlflow.run(f"negatives:{asset}", tags=tags) as run:
         run.log_params(params)
         run.log_metrics({k: float(v) for k, v in counts.items()} | {"seconds": float(extra["seconds"])})
         run_id, run_url = run.run_id, run.url
@@ -156,7 +158,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         group_name=GROUP,
         deps=["training_pairs"],
         kinds={"lucene" if bm25_settings.backend == "pyserini" else "python"},
-        code_version="1",
+        code_version=versions.code_version(profile, "bm25_index"),
         **run_policy("bm25_index"),
         check_specs=[contract_spec("bm25_index", description="Every corpus document is in the index.")],
         description=(
@@ -193,6 +195,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 "b": bm25.b,
                 "seconds": round(time.perf_counter() - started, 2),
                 "path": dg.MetadataValue.path(str(target)),
+                versions.METADATA_KEY: versions.settings_hash(profile, "bm25_index"),
             },
             check_results=[problems_result("contract", problems)],
         )
@@ -202,7 +205,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         group_name=GROUP,
         deps=["bm25_index", "training_pairs"],
         kinds={"parquet"},
-        code_version="1",
+        code_version=versions.code_version(profile, "bm25_negatives"),
         **run_policy("bm25_negatives"),
         check_specs=negative_set_check_specs("bm25_negatives", mining.min_full_share),
         description=(
@@ -253,6 +256,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 "hits_excluded_duplicate": int(excluded["duplicate"].sum()),
                 "queries_per_second": round(queries.height / max(search_seconds, 1e-9), 1),
                 "seconds": round(seconds, 2),
+                versions.METADATA_KEY: versions.settings_hash(profile, "bm25_negatives"),
             },
             params={
                 **config_dict(bm25.config()),
@@ -272,7 +276,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         name="cross_encoder",
         group_name=GROUP,
         kinds={"onnx" if ce_spec.model.startswith("package:") else "pytorch"},
-        code_version="1",
+        code_version=versions.code_version(profile, "cross_encoder"),
         **run_policy("cross_encoder"),
         check_specs=[
             dg.AssetCheckSpec(
@@ -309,6 +313,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 "sanity": dg.MetadataValue.md(table),
                 "seconds": round(time.perf_counter() - started, 2),
                 "path": dg.MetadataValue.path(str(target)),
+                versions.METADATA_KEY: versions.settings_hash(profile, "cross_encoder"),
             },
             check_results=[problems_result("sanity", problems, severity=severity)],
         )
@@ -320,7 +325,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         group_name=GROUP,
         deps=["cross_encoder", "bm25_index", "training_pairs"],
         kinds={"parquet"},
-        code_version="1",
+        code_version=versions.code_version(profile, "ce_negatives"),
         **run_policy("ce_negatives"),
         check_specs=negative_set_check_specs("ce_negatives", mining.min_full_share),
         description=(
@@ -385,6 +390,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 "candidates_filtered_as_likely_positive": int(stats["filtered"].sum()),
                 "mean_positive_score": round(float(stats["positive_score"].mean() or 0.0), 4),
                 "seconds": round(time.perf_counter() - started, 2),
+                versions.METADATA_KEY: versions.settings_hash(profile, "ce_negatives"),
             },
             params={
                 "cross_encoder": ce_spec.model,
@@ -408,7 +414,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
         partitions_def=dataset_partitions(profile),
         deps=["datasets"],
         kinds={"parquet"},
-        code_version="1",
+        code_version=versions.code_version(profile, "bm25_scores"),
         **run_policy("bm25_scores"),
         check_specs=[
             contract_spec("bm25_scores", description="run.parquet has ranks 1..n per query, at most the depth."),
@@ -475,7 +481,9 @@ def build_defs(profile: Profile) -> dg.Definitions:
         ref_problems = []
         if reference is not None and at_reference and abs(means["ndcg@10"] - reference) > tolerance:
             ref_problems.append(f"nDCG@10 {means['ndcg@10']:.4f} is not within ±{tolerance} of {reference}")
-        with mlflow.run(f"bm25:{name}", tags={"dagster_run_id": context.run.run_id, "dataset": name}) as run:
+        settings_hash = versions.settings_hash(profile, "bm25_scores", name)
+        tags = {"dagster_run_id": context.run.run_id, "dataset": name, versions.MLFLOW_TAG: settings_hash}
+        with mlflow.run(f"bm25:{name}", tags=tags) as run:
             run.log_params({k: v for k, v in summary.items() if k not in means})
             run.log_metrics({m.replace("@", "_at_"): v for m, v in means.items()})  # MLflow refuses '@'
             run_id, run_url = run.run_id, run.url
@@ -491,6 +499,7 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 "path": dg.MetadataValue.path(str(target)),
                 "mlflow_run_id": run_id,
                 "mlflow_run": dg.MetadataValue.url(run_url),
+                versions.METADATA_KEY: settings_hash,
             },
             check_results=[
                 problems_result("contract", problems),

@@ -27,6 +27,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from hnr_assets.defs import versions
 from hnr_assets.defs.checks import contract_spec, problems_result, quality_spec
 from hnr_assets.defs.execution import each_partition, run_policy
 from hnr_assets.defs.partitions import generator_partitions, recipe_partitions, recipes
@@ -157,7 +158,7 @@ def ce_scores_asset(profile: Profile) -> dg.AssetsDefinition:
         partitions_def=generator_partitions(profile),
         deps=["llm_negatives", "cross_encoder"],
         kinds={"parquet"},
-        code_version="1",
+        code_version=versions.code_version(profile, "llm_negatives_ce_scores"),
         **run_policy("llm_negatives_ce_scores"),
         check_specs=[contract_spec("llm_negatives_ce_scores", description="One probability in [0, 1] per negative.")],
         description=(
@@ -219,6 +220,7 @@ def ce_scores_asset(profile: Profile) -> dg.AssetsDefinition:
                 "mean_positive_score": round(float(positive_scores["positive_score"].mean() or 0.0), 4),
                 "seconds": round(time.perf_counter() - started, 2),
                 "path": dg.MetadataValue.path(str(target / SCORES_FILE)),
+                versions.METADATA_KEY: versions.settings_hash(profile, "llm_negatives_ce_scores", generator),
                 "likeliest_false_negatives": _md_sample(
                     negatives.join(frame, on=["query_id", "positive_id", "negative_rank"])
                     .with_columns((pl.col("negative_score") / pl.col("positive_score")).alias("ratio"))
@@ -259,7 +261,7 @@ def training_sets_asset(profile: Profile) -> dg.AssetsDefinition:
         partitions_def=recipe_partitions(profile),
         deps=training_set_deps,
         kinds={"parquet"},
-        code_version="1",
+        code_version=versions.code_version(profile, "training_sets"),
         **run_policy("training_sets"),
         check_specs=[
             contract_spec("training_sets", description="Columns and types, no empty text, split by query."),
@@ -377,6 +379,9 @@ def training_sets_asset(profile: Profile) -> dg.AssetsDefinition:
                 "fingerprint": fingerprint,
                 "seconds": round(time.perf_counter() - started, 2),
                 "path": dg.MetadataValue.path(str(target / TRAINING_SET_FILE)),
+                versions.METADATA_KEY: versions.settings_hash(
+                    profile, "training_sets", key, {"training.sets": settings}
+                ),
                 "sample_rows": _md_sample(stored, ["query", "positive", "negative_1", "source", "split"]),
             },
             check_results=[
@@ -396,7 +401,7 @@ def base_encoder_asset(profile: Profile) -> dg.AssetsDefinition:
         name="base_encoder",
         group_name="training",
         kinds={"pytorch"},
-        code_version="1",
+        code_version=versions.code_version(profile, "base_encoder"),
         **run_policy("base_encoder"),
         check_specs=[contract_spec("base_encoder", "loads", "The folder loads with SentenceTransformer and encodes.")],
         description=(
@@ -433,6 +438,7 @@ def base_encoder_asset(profile: Profile) -> dg.AssetsDefinition:
                 "source_detail": str(info["source_detail"]),
                 "seconds": round(time.perf_counter() - started, 2),
                 "path": dg.MetadataValue.path(str(target / "model")),
+                versions.METADATA_KEY: versions.settings_hash(profile, "base_encoder"),
             },
             check_results=[problems_result("loads", problems)],
         )
@@ -454,7 +460,7 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
         partitions_def=recipe_partitions(profile),
         deps=["training_sets", "base_encoder", "training_pairs"],
         kinds={"pytorch", "mlflow"},
-        code_version="1",
+        code_version=versions.code_version(profile, "encoders"),
         **run_policy("encoders"),
         check_specs=[
             contract_spec("encoders", description="training.json is complete, the model folder and version exist."),
@@ -531,8 +537,10 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
             gen = profile.generator(source.removeprefix("llm-"))
             params.update({f"generator.{gen.key}.model": gen.model, f"generator.{gen.key}.prompt": gen.prompt})
             params[f"generator.{gen.key}.backend"] = gen.backend
+        settings_hash = versions.settings_hash(profile, "encoders", recipe.key, {"training.trainer": settings})
         tags = {
             **run_tags,
+            versions.MLFLOW_TAG: settings_hash,
             "hnr/profile": profile.name,
             "hnr/dagster_run_id": context.run.run_id,
             "hnr/host": socket.gethostname(),
@@ -630,6 +638,7 @@ def encoders_asset(profile: Profile) -> dg.AssetsDefinition:
                 "device": outcome.device,
                 "seconds": round(time.perf_counter() - started, 2),
                 "path": dg.MetadataValue.path(str(target / "model")),
+                versions.METADATA_KEY: settings_hash,
                 "validation_curve": dg.MetadataValue.md(
                     md_table(((s, f"{v:.4f}") for s, v in outcome.evaluations), ["step", f"validation {PRIMARY}"])
                 ),
