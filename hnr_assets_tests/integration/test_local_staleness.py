@@ -21,7 +21,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from hnr_assets.cli import main
+from hnr_assets.cli import init_dagster_home, main
 from hnr_assets.defs import versions
 from hnr_assets.settings import BUILTIN_PROFILES_DIR
 from hnr_assets_tests.ui_status import ui_stale
@@ -64,7 +64,7 @@ def test_the_three_steps_rerun_exactly_the_edited_mining_assets(
 ) -> None:
     profile = tmp_path / "local.yaml"
     shutil.copyfile(BUILTIN_PROFILES_DIR / "local.yaml", profile)
-    home = tmp_path / "data" / "dagster"
+    home = init_dagster_home(tmp_path / "data" / "dagster")  # what `cli demo` does first
     env = {
         "HNR_PROFILE": str(profile),
         "HNR_DATA_DIR": str(tmp_path / "data"),
