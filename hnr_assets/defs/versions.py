@@ -92,11 +92,26 @@ VERSIONS: dict[str, Covers] = {
     ),
     # `prebuilt_index` replaces the training corpus's index only; each dataset gets its own.
     "bm25_scores": Covers("1", settings=BM25_SEARCH, unused=("bm25.prebuilt_index",)),
-    # generation: the weights depend on where they come from (the seed builds `tiny-random` weights).
+    # generation: the weights depend on where they come from (the seed builds `tiny-random` weights);
+    # logic 2: the backend's own copy is prepared here too (CTranslate2 converts with `quantization`).
     "generator_models": Covers(
-        "1",
-        partition=("generators[].model", "generators[].backend", "generators[].endpoint", "generators[].seed"),
+        "2",
+        partition=(
+            "generators[].model",
+            "generators[].backend",
+            "generators[].endpoint",
+            "generators[].seed",
+            "generators[].engine_options.quantization",
+        ),
     ),
+    # Every setting of the generator, `engine_options` included, unless on LEFT_OUT. Covered on purpose:
+    # `retry_factor` (how many completions a retry asks for, so which are written); for `ctranslate2`,
+    # `quantization` and `compute_type` (other weights and activations, other logits), `workers` (each
+    # worker samples from its own seed, `call_seed(requests, worker)`, and takes every `workers`-th
+    # request: another count gives other completions) and `threads_per_worker` (another split of each
+    # matrix product: other rounding, so a sampled token may differ); all five are in the backend's
+    # generation signature (`describe`) too. `compute_type: auto` is hashed as written, not as resolved
+    # on this CPU (docs/code-versions.md, "Limits").
     "llm_negatives": Covers("1", settings=("generation",), partition=("generators[]",)),
     # training: the cross-encoder's runtime settings score the LLM negatives.
     "llm_negatives_ce_scores": Covers("1", settings=("cross_encoder",)),
@@ -142,6 +157,9 @@ LEFT_OUT: dict[str, str] = {
     "generators[].engine_options.gpu_memory_utilization": "vLLM's share of GPU memory; " + _SHARDS,
     "generators[].engine_options.enforce_eager": "vLLM without CUDA graphs; " + _SHARDS,
     "generators[].engine_options.seed": "vLLM's engine seed: every request carries its own seed",
+    "generators[].engine_options.cache_dir": "where CTranslate2's converted copies live: the same copy, keyed by "
+    "its source's content and quantization",
+    "generators[].engine_options.api_key": "credentials of a served model: the same server and model",
     "generators[].engine_options.concurrency": _REQUESTS,
     "generators[].engine_options.timeout_seconds": _REQUESTS,
     "generators[].engine_options.connect_timeout_seconds": _REQUESTS,

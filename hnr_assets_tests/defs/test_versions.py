@@ -167,6 +167,32 @@ def test_an_edit_changes_exactly_the_hashes_of_what_reads_it(
     assert _changed(before, _hashes(_load(tmp_path, edited))) == expected
 
 
+LOCAL_YAML = BUILTIN_PROFILES_DIR / "local.yaml"
+SMOL, SMOL_P2 = "smollm2-135m", "smollm2-135m-p2"
+
+# The `local` profile's generators run on CTranslate2: its settings, as the `test` profile's EDITS above.
+LOCAL_EDITS = [
+    ("generators.0.retry_factor", 2.0, {f"llm_negatives[{SMOL}]"}),
+    ("generators.0.engine_options.workers", 1, {f"llm_negatives[{SMOL}]"}),  # other seeds, other shares
+    ("generators.1.engine_options.threads_per_worker", 2, {f"llm_negatives[{SMOL_P2}]"}),
+    ("generators.0.engine_options.compute_type", "int8_float32", {f"llm_negatives[{SMOL}]"}),
+    ("generators.0.engine_options.quantization", "int16", {f"generator_models[{SMOL}]", f"llm_negatives[{SMOL}]"}),
+    ("generators.0.engine_options.cache_dir", "/elsewhere", set()),
+    ("generators.0.batch_size", 36, set()),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), LOCAL_EDITS, ids=[e[0] for e in LOCAL_EDITS])
+def test_an_edit_of_a_ctranslate2_generator_changes_exactly_its_partitions(
+    tmp_path: Path, path: str, value: object, expected: set[str]
+) -> None:
+    data = yaml.safe_load(LOCAL_YAML.read_text())
+    before = _hashes(load_profile(LOCAL_YAML))
+    edited = copy.deepcopy(data)
+    _set(edited, path, value)
+    assert _changed(before, _hashes(_load(tmp_path, edited))) == expected
+
+
 def test_identical_content_under_another_file_name_shares_every_version(tmp_path: Path) -> None:
     data = yaml.safe_load(TEST_YAML.read_text())
     (tmp_path / "elsewhere").mkdir()
@@ -242,9 +268,11 @@ def test_a_narrower_recipe_selection_changes_the_table_and_removes_partitions(tm
 
 def test_left_out_engine_options_are_not_in_any_generation_signature() -> None:
     """A backend option that a backend puts in its shard signature changes the completions: covered."""
-    from hnr_assets.resources.generators import OpenAIBackend, TransformersBackend, VllmBackend
+    from hnr_assets.resources.generators import CTranslate2Backend, OpenAIBackend, TransformersBackend, VllmBackend
 
-    signed = {k for backend in (TransformersBackend(), VllmBackend(), OpenAIBackend()) for k in backend.describe()}
+    backends = (TransformersBackend(), VllmBackend(), OpenAIBackend(), CTranslate2Backend())
+    signed = {k for backend in backends for k in backend.describe()}
+    assert {"workers", "threads_per_worker", "quantization", "compute_type"} <= signed
     prefix = "generators[].engine_options."
     left_out = {p.removeprefix(prefix) for p in versions.LEFT_OUT if p.startswith(prefix)}
     assert left_out and not left_out & signed, left_out & signed

@@ -56,7 +56,6 @@ def generator_models_asset(profile: Profile) -> dg.AssetsDefinition:
         "generator_models",
         profile,
         kinds={"transformers"},
-        code_version="2",  # 2: the backend's own files (a CTranslate2 copy) prepared here
         description=(
             "The weights of one generator (partition = generator key), as a local transformers folder: downloaded "
             "from the model hub, converted once from a GGUF file shipped in a Python package, or a tiny random "
