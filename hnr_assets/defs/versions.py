@@ -148,6 +148,7 @@ LEFT_OUT: dict[str, str] = {
     "cross_encoder.batch_size": "pairs per forward pass: padding is masked, the same scores",
     "cross_encoder.threads": _THREADS,
     "cross_encoder.trust_remote_code": _TRUST,
+    # Batching may change which random draws a sequence gets, but a rerun would write the same files.
     "generators[].batch_size": "sequences per forward pass; " + _SHARDS,
     "generators[].pairs_per_shard": "pairs per resumable shard; " + _SHARDS,
     "generators[].trust_remote_code": _TRUST,
