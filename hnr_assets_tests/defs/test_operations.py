@@ -125,7 +125,7 @@ def test_a_settings_hash_the_body_records_wins_over_the_profile_s(test_settings:
     """A run launched with other settings than the profile's records what it ran with (`used=`)."""
     profile = load_profile(test_settings.profile_path)
 
-    def body(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def body(context) -> dg.MaterializeResult:  # (a string annotation here: Dagster accepts none)
         own = {"tiny-b": {versions.METADATA_KEY: "1+launchpad"}}
         return each_partition(context, lambda key: dg.MaterializeResult(metadata=own.get(key, {"rows": 1})))
 
