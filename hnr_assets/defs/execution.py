@@ -22,6 +22,7 @@ partitions per run loop over them with `each_partition`. Jobs and the automation
 """
 
 import functools
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -204,7 +205,12 @@ def record_settings_hash(profile: Profile, name: str, fn: Callable[..., Any]) ->
     unless the body records its own (a run launched with other settings than the profile's records what
     it ran with). With several partitions in one step, the hashes are added before the body runs, so
     that what `each_partition` adds per partition afterwards wins.
+
+    Raises:
+        TypeError: The body does not take `context` first (the partition keys come from it).
     """
+    if next(iter(inspect.signature(fn).parameters), None) != "context":
+        raise TypeError(f"asset {name!r}: an hnr_asset body takes `context` as its first parameter")
 
     @functools.wraps(fn)
     def body(context: dg.AssetExecutionContext, *args: Any, **kwargs: Any) -> Any:

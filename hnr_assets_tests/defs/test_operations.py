@@ -141,6 +141,12 @@ def test_a_settings_hash_the_body_records_wins_over_the_profile_s(test_settings:
     assert recorded == expected
 
 
+def test_an_asset_body_that_does_not_take_context_first_is_refused(test_settings: Settings) -> None:
+    profile = load_profile(test_settings.profile_path)
+    with pytest.raises(TypeError, match="'datasets'.*`context` as its first parameter"):
+        hnr_asset("datasets", profile, description="no context")(lambda storage: dg.MaterializeResult())
+
+
 def test_checks_of_several_partitions_fail_with_the_partition_named() -> None:
     def result(passed: bool, problem: str = "") -> dg.MaterializeResult:
         meta = {"problems": dg.MetadataValue.md(f"- {problem}" if problem else "none")}
