@@ -2,9 +2,13 @@
 
 The demo runs in-process against the persistent Dagster instance under the data root (the one
 `make dev` opens), so every materialization, its metadata and its checks show up in the UI afterwards.
-A partition whose latest materialization has the current code version and is newer than every
-materialization of its parents is skipped, so an interrupted demo resumes where it stopped; `--force`
-reruns everything.
+A partition is skipped when it is up to date: its latest materialization came from a run under the same
+data root, recorded the settings hash the profile gives it now (`hnr_assets.defs.versions`: its code
+version and the settings of that one partition), and is newer than every materialization of the parent
+partitions it depends on (Dagster's partition mappings); a partition whose parent reruns in the same
+demo reruns after it. So an interrupted demo resumes where it stopped, and an edited profile reruns
+exactly what the edit changes and everything downstream of it. `--force` reruns everything;
+`--dry-run` lists what would run, and why, without running it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from hnr_assets.lib.runtime.memory import peak_mib, release_free_memory, status_mib
 from hnr_assets.lib.runtime.owner import HOST, TAG_HOST, Owner
@@ -33,6 +38,7 @@ class Step:
     seconds: float
     peak_rss_mib: float | None = None
     stage: str = ""
+    reason: str = ""
 
 
 # CPU flags that decide the speed of the local profile (bf16 autocast, int8 kernels); shown with every run.
@@ -67,47 +73,126 @@ def stage_summary(steps: list[Step]) -> list[str]:
     return [f"  {stage:<12} {int(n):4d} materialized {sec:9.1f} s" for stage, (n, sec) in totals.items()]
 
 
-def _latest_record(instance, key, partition):
-    import dagster as dg
+class _Records:
+    """The latest materialization of each (asset, partition) and the runs they came from, read once."""
 
-    result = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
-    )
-    return result.records[0] if result.records else None
+    def __init__(self, instance) -> None:
+        self.instance = instance
+        self._latest: dict = {}
+        self._runs: dict = {}
+
+    def latest(self, key, partition):
+        import dagster as dg
+
+        slot = (key, None if partition is None else str(partition))
+        if slot not in self._latest:
+            result = self.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
+            )
+            self._latest[slot] = result.records[0] if result.records else None
+        return self._latest[slot]
+
+    def run_tags(self, run_id: str) -> dict[str, str] | None:
+        if run_id not in self._runs:
+            run = self.instance.get_run_by_id(run_id)
+            self._runs[run_id] = dict(run.tags) if run is not None else None
+        return self._runs[run_id]
 
 
-def _latest_any(instance, key):
-    import dagster as dg
+def parent_partitions(graph, key, partition, parent) -> list:
+    """The partitions of `parent` that `key` (`partition`) depends on, by the asset graph's partition mapping."""
+    if not graph.get(parent).is_partitioned:
+        return [None]
+    subset = graph.get_parent_partition_keys_for_child(partition, parent, key).partitions_subset
+    return sorted(subset.get_partition_keys(), key=str)
 
-    result = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1)
-    return result.records[0] if result.records else None
 
+def stale_reason(
+    records: _Records,
+    graph,
+    key,
+    partition,
+    expected: str | None,
+    run_tags: dict[str, str] | None = None,
+    planned: frozenset | set = frozenset(),
+) -> str | None:
+    """Why the partition must be materialized, or None when it is up to date.
 
-def is_up_to_date(
-    instance, graph, key, partition, code_version: str | None, run_tags: dict[str, str] | None = None
-) -> bool:
-    """True when the partition was materialized with this code version after all of its parents.
-
-    With `run_tags`, the latest materialization must also come from a run carrying those tags (the
-    demo tags its runs with the profile and the data root, so that switching either reruns the asset
-    instead of trusting a materialization whose files live elsewhere).
+    Args:
+        records: Latest materializations of the instance.
+        graph: The asset graph of the definitions.
+        key: The asset.
+        partition: Its partition (None when unpartitioned).
+        expected: The settings hash a current materialization records (`versions.current_hash`).
+        run_tags: The latest materialization must come from a run with these tags (the demo tags its
+            runs with the data root: outputs under another data root are not these).
+        planned: `(asset key, partition)` pairs that rerun before this one in the same demo.
     """
-    record = _latest_record(instance, key, partition)
+    from hnr_assets.defs import versions
+
+    record = records.latest(key, partition)
     if record is None:
-        return False
+        return "never materialized"
     if run_tags:
-        run = instance.get_run_by_id(record.run_id)
-        if run is None or any(run.tags.get(k) != v for k, v in run_tags.items()):
-            return False
-    mat = record.asset_materialization
-    recorded_version = (mat.tags or {}).get("dagster/code_version") if mat else None
-    if code_version is not None and recorded_version != code_version:
-        return False
-    for parent in graph.get(key).parent_keys:
-        parent_record = _latest_any(instance, parent)
-        if parent_record is not None and parent_record.timestamp > record.timestamp:
-            return False
-    return True
+        tags = records.run_tags(record.run_id)
+        if tags is None or any(tags.get(k) != v for k, v in run_tags.items()):
+            return "materialized by a run under other " + ", ".join(run_tags)
+    recorded = versions.recorded_hash(record.asset_materialization)
+    if expected is not None and recorded != expected:
+        return f"settings changed (materialized with {recorded or 'no settings hash'}, now {expected})"
+    for parent in sorted(graph.get(key).parent_keys, key=str):
+        for upstream in parent_partitions(graph, key, partition, parent):
+            name = parent.to_user_string() + (f"[{upstream}]" if upstream is not None else "")
+            if (parent, None if upstream is None else str(upstream)) in planned:
+                return f"{name} reruns first"
+            parent_record = records.latest(parent, upstream)
+            if parent_record is not None and parent_record.timestamp > record.timestamp:
+                return f"{name} was materialized after it"
+    return None
+
+
+class Planned(NamedTuple):
+    """One (asset, partition) of the demo's plan: why it must be materialized (None: up to date)."""
+
+    key: Any
+    partition: Any
+    reason: str | None
+    stage: str
+
+
+def plan_demo(
+    defs, instance, *, force: bool = False, select: list[str] | None = None, run_tags: dict[str, str] | None = None
+) -> list[Planned]:
+    """Every (asset key, partition) of `defs` in dependency order, with the reason to materialize it.
+
+    Args:
+        defs: The `dg.Definitions`.
+        instance: The Dagster instance.
+        force: Materialize everything.
+        select: Only these asset names (default: all).
+        run_tags: See `stale_reason`.
+
+    Returns:
+        One `Planned` per (asset key, partition); the reason is None for an up-to-date partition.
+    """
+    from hnr_assets.defs import versions
+
+    graph = defs.resolve_asset_graph()
+    records = _Records(instance)
+    planned: set = set()
+    plan = []
+    for key in graph.toposorted_asset_keys:
+        node = graph.get(key)
+        if not node.is_materializable or (select and key.to_user_string() not in select):
+            continue
+        partitions = list(node.partitions_def.get_partition_keys()) if node.partitions_def else [None]
+        for partition in partitions:
+            expected = versions.current_hash(defs, node, partition)
+            reason = "forced" if force else stale_reason(records, graph, key, partition, expected, run_tags, planned)
+            if reason is not None:
+                planned.add((key, None if partition is None else str(partition)))
+            plan.append(Planned(key, partition, reason, node.group_name or ""))
+    return plan
 
 
 def release_dead_demo_runs(instance) -> list[str]:
@@ -147,8 +232,9 @@ def run_demo(
     force: bool = False,
     select: list[str] | None = None,
     run_tags: dict[str, str] | None = None,
+    dry_run: bool = False,
 ) -> list[Step]:
-    """Materialize every asset (every partition) of `defs` in dependency order.
+    """Materialize every asset (every partition) of `defs` that is not up to date, in dependency order.
 
     Args:
         defs: The `dg.Definitions` to run.
@@ -157,55 +243,53 @@ def run_demo(
         select: Only these asset names (default: all).
         run_tags: Tags put on every run; a partition counts as up to date only if its latest
             materialization came from a run with the same tags.
+        dry_run: Only say what would be materialized (status `would materialize`, with the reason).
 
     Returns:
         One `Step` per (asset, partition).
     """
     import dagster as dg
 
-    graph = defs.resolve_asset_graph()
     released = release_dead_demo_runs(instance)
     if released:
         log.warning("marked FAILED %d demo runs whose process had died, freeing their pool slots", len(released))
     owner = Owner.current().tags()
     steps: list[Step] = []
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    for key in graph.toposorted_asset_keys:
-        node = graph.get(key)
-        if not node.is_materializable or (select and key.to_user_string() not in select):
+    for key, partition, reason, stage in plan_demo(defs, instance, force=force, select=select, run_tags=run_tags):
+        name = key.to_user_string()
+        if reason is None:
+            log.info("%s [%s]: up to date, skipped", name, partition or "-")
+            steps.append(Step(name, partition, "up to date", 0.0, stage=stage))
             continue
-        pdef = node.partitions_def
-        partitions = list(pdef.get_partition_keys()) if pdef else [None]
-        for partition in partitions:
-            name = key.to_user_string()
-            if not force and is_up_to_date(instance, graph, key, partition, node.code_version, run_tags):
-                log.info("%s [%s]: up to date, skipped", name, partition or "-")
-                steps.append(Step(name, partition, "up to date", 0.0, stage=node.group_name or ""))
-                continue
-            log.info("%s [%s]: materializing", name, partition or "-")
-            started = time.perf_counter()
-            dg.materialize(
-                defs.assets,
-                selection=[key],
-                partition_key=partition,
-                instance=instance,
-                resources=defs.resources,
-                run_config=run_config,
-                tags={"hnr/launched_by": "demo", **owner, **(run_tags or {})},
-            )
-            seconds = time.perf_counter() - started
-            release_free_memory()  # glibc keeps GiBs of freed heap after training otherwise
-            peak = peak_mib()
-            resident = status_mib("VmRSS")
-            log.info(
-                "%s [%s]: done in %.1f s (RSS %s MiB, peak so far %.0f MiB)",
-                name,
-                partition or "-",
-                seconds,
-                f"{resident:.0f}" if resident is not None else "?",
-                peak,
-            )
-            steps.append(Step(name, partition, "materialized", seconds, peak, stage=node.group_name or ""))
+        if dry_run:
+            log.info("%s [%s]: would materialize (%s)", name, partition or "-", reason)
+            steps.append(Step(name, partition, "would materialize", 0.0, stage=stage, reason=reason))
+            continue
+        log.info("%s [%s]: materializing (%s)", name, partition or "-", reason)
+        started = time.perf_counter()
+        dg.materialize(
+            defs.assets,
+            selection=[key],
+            partition_key=partition,
+            instance=instance,
+            resources=defs.resources,
+            run_config=run_config,
+            tags={"hnr/launched_by": "demo", **owner, **(run_tags or {})},
+        )
+        seconds = time.perf_counter() - started
+        release_free_memory()  # glibc keeps GiBs of freed heap after training otherwise
+        peak = peak_mib()
+        resident = status_mib("VmRSS")
+        log.info(
+            "%s [%s]: done in %.1f s (RSS %s MiB, peak so far %.0f MiB)",
+            name,
+            partition or "-",
+            seconds,
+            f"{resident:.0f}" if resident is not None else "?",
+            peak,
+        )
+        steps.append(Step(name, partition, "materialized", seconds, peak, stage, reason))
     return steps
 
 
@@ -291,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="materialize every asset of the active profile")
     demo.add_argument("--force", action="store_true", help="rerun partitions that are up to date")
     demo.add_argument("--select", default="", help="comma-separated asset names (default: all)")
+    demo.add_argument("--dry-run", action="store_true", help="list what would be materialized and why; run nothing")
     sub.add_parser("init", help="create DAGSTER_HOME under the data root")
     backfill = sub.add_parser(
         "backfill", help="submit an asset backfill (default: everything) for the daemon of `make dev` to run"
@@ -334,14 +419,18 @@ def main(argv: list[str] | None = None) -> int:
             instance,
             force=args.force,
             select=[s for s in args.select.split(",") if s] or None,
-            run_tags={"hnr/profile": str(settings.profile_path), "hnr/data_dir": str(settings.data_dir)},
+            # Outputs live under the data root; the profile file's content, not its path, is in the versions.
+            run_tags={"hnr/data_dir": str(settings.data_dir)},
+            dry_run=args.dry_run,
         )
     wall = time.perf_counter() - started
-    ran = [s for s in steps if s.status == "materialized"]
-    lines = [f"demo of profile {settings.profile!r}: {len(ran)} materialized, {len(steps) - len(ran)} up to date"]
+    ran = [s for s in steps if s.status != "up to date"]
+    verb = "would be materialized" if args.dry_run else "materialized"
+    lines = [f"demo of profile {settings.profile!r}: {len(ran)} {verb}, {len(steps) - len(ran)} up to date"]
     lines += [
-        f"  {s.asset:<24} {s.partition or '-':<32} {s.status:<13} {s.seconds:8.1f} s"
+        f"  {s.asset:<24} {s.partition or '-':<32} {s.status:<17} {s.seconds:8.1f} s"
         + (f"  peak RSS so far {s.peak_rss_mib:6.0f} MiB" if s.peak_rss_mib is not None else "")
+        + (f"  ({s.reason})" if s.reason else "")
         for s in steps
     ]
     lines.append("time per stage:")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from hnr_assets.defs import datasets, evaluation, generation, jobs, mining, training
+from hnr_assets.defs import datasets, evaluation, generation, jobs, mining, training, versions
 from hnr_assets.profiles import Profile, load_profile
 from hnr_assets.resources.bm25 import bm25_resource
 from hnr_assets.resources.cross_encoder import cross_encoder_resource
@@ -70,7 +70,7 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     return dg.Definitions.merge(
         stages,
         jobs.build_defs(stages.assets or []),
-        dg.Definitions(resources=build_resources(settings, profile)),
+        dg.Definitions(resources=build_resources(settings, profile), metadata=versions.definitions_metadata(profile)),
     )
 
 

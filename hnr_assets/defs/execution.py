@@ -21,16 +21,16 @@ partitions per run loop over them with `each_partition`. Jobs and the automation
   their blocking checks. The sensor that evaluates it is off by default (`jobs.py`).
 """
 
-import hashlib
+import functools
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from pydantic import BaseModel
 
+from hnr_assets.defs import versions
 from hnr_assets.defs.checks import Check, problems_result
 from hnr_assets.defs.partitions import partitions_of
 from hnr_assets.profiles.schema import Profile
@@ -154,9 +154,10 @@ def run_policy(asset: str) -> dict[str, object]:
     return kwargs
 
 
-# The code version of every asset that does not pass its own: a string, or a callable of the asset name.
-# Exact staleness from the profile's settings plugs in here (one place for every asset).
-CODE_VERSION: str | Callable[[str], str] = "1"
+# The code version of every asset that does not pass its own: a string, or a callable of the profile and
+# the asset name. `versions.code_version`: the asset's logic number and a hash of exactly the settings its
+# output depends on (docs/code-versions.md).
+CODE_VERSION: str | Callable[[Profile, str], str] = versions.code_version
 
 
 def hnr_asset(
@@ -165,65 +166,68 @@ def hnr_asset(
     *,
     description: str,
     checks: Sequence[Check] = (),
-    code_version: str | Callable[[str], str] | None = None,
+    code_version: str | Callable[[Profile, str], str] | None = None,
     **kwargs: Any,
 ) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
     """`@dg.asset` with what every hnr asset declares the same way.
 
     Fills the name, the group (its stage in `STAGES`), the partitions of the asset's axis in `POLICIES` and
     its run policy (backfill policy, pool, automation), the code version and the check specs; everything
-    else (`deps`, `kinds`, ...) is passed on.
+    else (`deps`, `kinds`, ...) is passed on. Every materialization records the settings hash of its
+    partition (`record_settings_hash`).
 
     Args:
         name: Asset name (a key of `POLICIES`).
         profile: The active profile (its lists are the partitions).
         description: Shown in the UI.
         checks: The asset's checks (`checks.contract`, `checks.quality`).
-        code_version: A string, or a callable of the asset name; default `CODE_VERSION`.
+        code_version: A string, or a callable of the profile and the asset name; default `CODE_VERSION`.
         **kwargs: Further `dg.asset` arguments.
     """
     version = CODE_VERSION if code_version is None else code_version
-    return dg.asset(
+    asset = dg.asset(
         name=name,
         group_name=STAGE_OF[name],
         description=description,
-        code_version=version(name) if callable(version) else version,
+        code_version=version(profile, name) if callable(version) else version,
         check_specs=[check.spec(name) for check in checks] or None,
         partitions_def=partitions_of(POLICIES[name].axis, profile),
         **run_policy(name),
         **kwargs,
     )
+    return lambda fn: asset(record_settings_hash(profile, name, fn))
 
 
-def versioned(logic: str, *inputs: object) -> str:
-    """A code version: the hand-bumped version of an asset's logic plus a digest of what else shapes it.
+def record_settings_hash(profile: Profile, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn`, an asset's body, with the settings hash of each partition it materializes in the metadata.
 
-    Dagster shows a partition stale when the code version differs from the one it was materialized
-    with, so a digest of a prompt template file or of profile settings makes editing them visible in the
-    UI (and makes `cli demo` rerun the asset).
+    The key is `versions.METADATA_KEY` and the value `versions.settings_hash(profile, name, partition)`,
+    unless the body records its own (a run launched with other settings than the profile's records what
+    it ran with). With several partitions in one step, the hashes are added before the body runs, so
+    that what `each_partition` adds per partition afterwards wins.
 
-    Args:
-        logic: The version of the asset's code, bumped by hand when its logic changes.
-        inputs: Files (`Path`: their bytes), pydantic models (their JSON without default values, so that a
-            new setting added with a default leaves existing outputs current) or other values (`repr`).
-
-    Returns:
-        `<logic>+<12 hex digits>`.
+    Raises:
+        TypeError: The body does not take `context` first (the partition keys come from it).
     """
-    digest = hashlib.sha256()
-    for item in inputs:
-        if isinstance(item, Path):
-            data = item.read_bytes()
-        elif isinstance(item, BaseModel):
-            data = item.model_dump_json(exclude_defaults=True).encode()
-        elif isinstance(item, list | tuple):
-            data = "\n".join(
-                m.model_dump_json(exclude_defaults=True) if isinstance(m, BaseModel) else repr(m) for m in item
-            ).encode()
-        else:
-            data = repr(item).encode()
-        digest.update(len(data).to_bytes(8, "big") + data)
-    return f"{logic}+{digest.hexdigest()[:12]}"
+    if next(iter(inspect.signature(fn).parameters), None) != "context":
+        raise TypeError(f"asset {name!r}: an hnr_asset body takes `context` as its first parameter")
+
+    @functools.wraps(fn)
+    def body(context: dg.AssetExecutionContext, *args: Any, **kwargs: Any) -> Any:
+        keys = context.partition_keys if context.has_partition_key or context.has_partition_key_range else []
+        if len(keys) > 1:
+            for key in keys:
+                context.add_asset_metadata({versions.METADATA_KEY: _hash(key)}, partition_key=key)
+        result = fn(context, *args, **kwargs)
+        if len(keys) > 1 or not isinstance(result, dg.MaterializeResult):
+            return result
+        recorded = {versions.METADATA_KEY: _hash(keys[0] if keys else None), **(result.metadata or {})}
+        return result._replace(metadata=recorded)
+
+    def _hash(key: str | None) -> str:
+        return versions.settings_hash(profile, name, key)
+
+    return body
 
 
 def each_partition(

@@ -72,6 +72,9 @@ TAG_SYSTEM = "hnr/system"
 TAG_PRECISION = "hnr/precision"
 TAG_DEVICE = "hnr/device"
 TAG_CLOSED_REASON = "hnr/closed_reason"
+# The hash of the settings behind the run's outputs (`hnr_assets.defs.versions`); `/scores/<dataset>` on the
+# run of an encoder or a baseline, which holds the scores of every dataset.
+TAG_SETTINGS_HASH = "hnr/settings_hash"
 # Older names some stages' runs carry (the mining stage's negative sets and BM25 scores, generation's
 # Dagster run id); kept as they are, since stores written so far are searched by them.
 TAG_MINING_ASSET = "asset"

@@ -18,10 +18,9 @@ import yaml
 
 from hnr_assets.cli import init_dagster_home, release_dead_demo_runs, submit_backfill
 from hnr_assets.definitions import build_defs
-from hnr_assets.defs import partitions
-from hnr_assets.defs.execution import HEAVY_POOL, POLICIES, combine_check_results, versioned
+from hnr_assets.defs import partitions, versions
+from hnr_assets.defs.execution import HEAVY_POOL, POLICIES, combine_check_results, each_partition, hnr_asset
 from hnr_assets.defs.jobs import REFRESH_SENSOR
-from hnr_assets.lib.generation.prompts import load_prompt
 from hnr_assets.profiles import load_profile
 from hnr_assets.settings import BUILTIN_PROFILES_DIR, Settings
 
@@ -98,7 +97,7 @@ def test_refresh_sensor_is_off_until_switched_on(defs: dg.Definitions) -> None:
     assert {k.to_user_string() for k in targeted} == REFRESHED
 
 
-def test_a_backfill_run_of_several_partitions_reports_each_one(defs: dg.Definitions) -> None:
+def test_a_backfill_run_of_several_partitions_reports_each_one(defs: dg.Definitions, test_settings: Settings) -> None:
     """A run over a range of `datasets` partitions (what a batched backfill launches)."""
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
@@ -115,6 +114,37 @@ def test_a_backfill_run_of_several_partitions_reports_each_one(defs: dg.Definiti
     assert "b0-0" in mats["tiny-b"]["sample_documents"].value and "b0-0" not in mats["tiny-a"]["sample_documents"].value
     (check,) = result.get_asset_check_evaluations()
     assert check.passed and check.metadata["partitions"].value == 2
+    hashes = {p: m[versions.METADATA_KEY].value for p, m in mats.items()}
+    profile = load_profile(test_settings.profile_path)
+    assert hashes == {p: versions.settings_hash(profile, "datasets", p) for p in ("tiny-a", "tiny-b")}
+    assert hashes["tiny-a"] != hashes["tiny-b"]
+
+
+@pytest.mark.parametrize("several", [False, True], ids=["one partition", "a range"])
+def test_a_settings_hash_the_body_records_wins_over_the_profile_s(test_settings: Settings, several: bool) -> None:
+    """A run launched with other settings than the profile's records what it ran with (`used=`)."""
+    profile = load_profile(test_settings.profile_path)
+
+    def body(context) -> dg.MaterializeResult:  # (a string annotation here: Dagster accepts none)
+        own = {"tiny-b": {versions.METADATA_KEY: "1+launchpad"}}
+        return each_partition(context, lambda key: dg.MaterializeResult(metadata=own.get(key, {"rows": 1})))
+
+    asset = hnr_asset("datasets", profile, description="a body of its own")(body)
+    tags = {"dagster/asset_partition_range_start": "tiny-a", "dagster/asset_partition_range_end": "tiny-b"}
+    result = dg.materialize([asset], partition_key=None if several else "tiny-b", tags=tags if several else None)
+    recorded = {
+        m.partition: m.metadata[versions.METADATA_KEY].value for m in result.asset_materializations_for_node("datasets")
+    }
+    expected = {"tiny-b": "1+launchpad"}
+    if several:
+        expected["tiny-a"] = versions.settings_hash(profile, "datasets", "tiny-a")
+    assert recorded == expected
+
+
+def test_an_asset_body_that_does_not_take_context_first_is_refused(test_settings: Settings) -> None:
+    profile = load_profile(test_settings.profile_path)
+    with pytest.raises(TypeError, match="'datasets'.*`context` as its first parameter"):
+        hnr_asset("datasets", profile, description="no context")(lambda storage: dg.MaterializeResult())
 
 
 def test_checks_of_several_partitions_fail_with_the_partition_named() -> None:
@@ -130,19 +160,17 @@ def test_checks_of_several_partitions_fail_with_the_partition_named() -> None:
     assert combined.metadata["partitions_failed"].value == 1
 
 
-def test_prompt_or_generation_settings_change_shows_llm_negatives_stale(
-    tmp_path: Path, test_settings: Settings
-) -> None:
+def test_generation_settings_change_shows_llm_negatives_stale(tmp_path: Path, test_settings: Settings) -> None:
+    """The webserver's stale status of a partition materialized before an edit of a shared section.
+
+    (The prompt files and each generator's own settings are in the per-partition hash instead:
+    `test_versions.py`, `test_end_to_end.py`.)
+    """
     profile = yaml.safe_load((BUILTIN_PROFILES_DIR / "test.yaml").read_text())
     before = build_defs(test_settings)
     version = before.resolve_assets_def("llm_negatives").code_versions_by_key[dg.AssetKey("llm_negatives")]
-    prompts = [load_prompt(g["prompt"]).path for g in profile["generators"]]
-    assert version.startswith("1+") and version == versioned("1", *prompts, *_generation(test_settings))
-
-    # The prompt file's bytes are part of the version.
-    edited = tmp_path / "v1.yaml"
-    edited.write_bytes(prompts[0].read_bytes() + b"\n# reworded\n")
-    assert versioned("1", edited, *prompts[1:]) != versioned("1", *prompts)
+    assert version.startswith("1+")
+    assert version == versions.code_version(load_profile(test_settings.profile_path), "llm_negatives")
 
     # An edited profile (another validation threshold): the partition materialized before is stale.
     profile["generation"]["validation"]["min_words"] = 10
@@ -175,11 +203,6 @@ def test_prompt_or_generation_settings_change_shows_llm_negatives_stale(
 
 def _env(settings: Settings) -> dict[str, str]:
     return {"HNR_DATA_DIR": str(settings.data_dir), "HNR_DATASETS_DIR": str(settings.datasets_dir)}
-
-
-def _generation(settings: Settings) -> tuple:
-    profile = load_profile(settings.profile_path)
-    return profile.generation, profile.generators
 
 
 STEP_SCRIPT = """

@@ -23,6 +23,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from hnr_assets.defs import versions
 from hnr_assets.defs.checks import contract, problems_result, quality
 from hnr_assets.defs.execution import each_partition, hnr_asset
 from hnr_assets.defs.layout import TRAINING, Layout
@@ -44,7 +45,14 @@ from hnr_assets.lib.retrieval.dense import EmbeddingCache, EncodeOptions
 from hnr_assets.lib.runtime.errors import DataValidationError
 from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.profiles.schema import Profile
-from hnr_assets.resources.mlflow import TAG_PROFILE, TAG_ROLE, TAG_SYSTEM, MlflowResource, TrackedRun
+from hnr_assets.resources.mlflow import (
+    TAG_PROFILE,
+    TAG_ROLE,
+    TAG_SETTINGS_HASH,
+    TAG_SYSTEM,
+    MlflowResource,
+    TrackedRun,
+)
 from hnr_assets.resources.storage import StorageResource
 
 SAMPLE_QUERIES = 3
@@ -195,6 +203,8 @@ def one_score(
     write_scores(target, run, per_query, metrics)
     contract_problems, in_range = _check_stored(target, qrels, top_k)
     tracked = _log_to_mlflow(mlflow, profile.name, system, dataset, training, target)
+    # One run holds the system's scores on every dataset: a tag per dataset.
+    tracked.set_tags({f"{TAG_SETTINGS_HASH}/scores/{dataset}": versions.settings_hash(profile, "scores", key)})
     dataset_dir = layout.folder("datasets", dataset)
     return dg.MaterializeResult(
         metadata={
@@ -319,7 +329,12 @@ def _log_results(mlflow: MlflowResource, profile: Profile, systems: list[str], t
         for r in table.table.iter_rows(named=True)
         if r["average"] is not None
     }
-    with mlflow.run("results", tags={TAG_ROLE: "results", TAG_PROFILE: profile.name}) as tracked:
+    tags = {
+        TAG_ROLE: "results",
+        TAG_PROFILE: profile.name,
+        TAG_SETTINGS_HASH: versions.settings_hash(profile, "results"),
+    }
+    with mlflow.run("results", tags=tags) as tracked:
         tracked.log_params(
             {
                 "systems": ",".join(systems),

@@ -7,8 +7,9 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from hnr_assets.defs import versions
 from hnr_assets.defs.checks import negative_set_check_results, negative_set_checks
-from hnr_assets.defs.execution import hnr_asset, versioned
+from hnr_assets.defs.execution import hnr_asset
 from hnr_assets.defs.layout import GENERATOR_MODEL, SUMMARY, Layout
 from hnr_assets.lib.generation.generator_models import ServedModel, prepare_model
 from hnr_assets.lib.generation.llm_output import REASONS, ValidationRules
@@ -34,6 +35,7 @@ from hnr_assets.resources.mlflow import (
     TAG_ASSET,
     TAG_GENERATION_DAGSTER_RUN,
     TAG_PARTITION,
+    TAG_SETTINGS_HASH,
     MlflowResource,
     TrackedRun,
 )
@@ -54,7 +56,6 @@ def generator_models_asset(profile: Profile) -> dg.AssetsDefinition:
         "generator_models",
         profile,
         kinds={"transformers"},
-        code_version="2",  # 2: the backend's own files (a CTranslate2 copy) prepared here
         description=(
             "The weights of one generator (partition = generator key), as a local transformers folder: downloaded "
             "from the model hub, converted once from a GGUF file shipped in a Python package, or a tiny random "
@@ -113,9 +114,6 @@ def llm_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
         profile,
         deps=["training_pairs", "generator_models"],
         kinds={"parquet"},
-        # The prompt template files and the generation settings shape the output: editing either shows
-        # the partitions stale (over-approximated: every generator's partitions, for any one's change).
-        code_version=versioned("1", *(load_prompt(g.prompt).path for g in profile.generators), gen, profile.generators),
         checks=negative_set_checks(gen.min_full_share),
         description=(
             "Hard negatives written by one LLM with no corpus access (partition = generator key): 5 per "
@@ -188,7 +186,9 @@ def generate_llm_negatives(
     summary = _summary(spec, template, outputs, report, pairs, all_pairs, store.signature)
     write_text(json.dumps(summary, indent=2), target / SUMMARY)
     wall = time.perf_counter() - started
-    run = _log_generation_run(mlflow, context.run.run_id, spec, gen, pairs, summary, wall, target / SUMMARY)
+    tags = {TAG_GENERATION_DAGSTER_RUN: context.run.run_id, TAG_ASSET: "llm_negatives", TAG_PARTITION: spec.key}
+    tags[TAG_SETTINGS_HASH] = versions.settings_hash(profile, "llm_negatives", spec.key)
+    run = _log_generation_run(mlflow, tags, spec, gen, pairs, summary, wall, target / SUMMARY)
     negatives = outputs["negatives"]
     metadata = _generation_metadata(summary, outputs, pairs, all_pairs, paths, wall, run)
     return dg.MaterializeResult(
@@ -228,7 +228,7 @@ def _summary(
 
 def _log_generation_run(
     mlflow: MlflowResource,
-    dagster_run_id: str,
+    tags: dict[str, str],
     spec: GeneratorSpec,
     gen: GenerationSettings,
     pairs: pl.DataFrame,
@@ -237,7 +237,6 @@ def _log_generation_run(
     summary_file,
 ) -> TrackedRun:
     """One MLflow run per materialization: the settings as parameters, yield and speed as metrics."""
-    tags = {TAG_GENERATION_DAGSTER_RUN: dagster_run_id, TAG_ASSET: "llm_negatives", TAG_PARTITION: spec.key}
     with mlflow.run(f"llm_negatives:{spec.key}", tags=tags) as run:
         run.log_params(
             {

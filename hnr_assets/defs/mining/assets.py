@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from hnr_assets.defs import versions
 from hnr_assets.defs.checks import Check, contract, negative_set_check_results, negative_set_checks, problems_result
 from hnr_assets.defs.checks import quality as quality_check
 from hnr_assets.defs.execution import each_partition, hnr_asset
@@ -39,7 +40,13 @@ from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.profiles.schema import Profile
 from hnr_assets.resources.bm25 import BM25Resource
 from hnr_assets.resources.cross_encoder import CrossEncoderResource
-from hnr_assets.resources.mlflow import TAG_MINING_ASSET, TAG_MINING_DAGSTER_RUN, TAG_MINING_DATASET, MlflowResource
+from hnr_assets.resources.mlflow import (
+    TAG_MINING_ASSET,
+    TAG_MINING_DAGSTER_RUN,
+    TAG_MINING_DATASET,
+    TAG_SETTINGS_HASH,
+    MlflowResource,
+)
 from hnr_assets.resources.storage import StorageResource
 
 SAMPLE_PAIRS = 3
@@ -111,13 +118,13 @@ class MinedSet:
 
 
 def _negative_set_result(
-    context: dg.AssetExecutionContext, asset: str, mined: MinedSet, mlflow: MlflowResource, min_full_share: float
+    profile: Profile, context: dg.AssetExecutionContext, asset: str, mined: MinedSet, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     """Re-read the stored set, evaluate the shared checks, log to MLflow, build the metadata."""
     target, pairs, stats, extra, params = mined.target, mined.pairs, mined.stats, mined.extra, mined.params
     path = target / NEGATIVES
     stored = pl.read_parquet(path)
-    checks = negative_set_check_results(stored, pairs, min_full_share)
+    checks = negative_set_check_results(stored, pairs, profile.mining.min_full_share)
     full = stats.filter(pl.col("negatives") >= NEGATIVES_PER_PAIR).height
     counts = {
         "pairs": pairs.height,
@@ -127,6 +134,7 @@ def _negative_set_result(
         "full_share": round(full / pairs.height, 4) if pairs.height else 0.0,
     }
     tags = {TAG_MINING_DAGSTER_RUN: context.run.run_id, TAG_MINING_ASSET: asset}
+    tags[TAG_SETTINGS_HASH] = versions.settings_hash(profile, asset)
     with mlflow.run(f"negatives:{asset}", tags=tags) as run:
         run.log_params(params)
         run.log_metrics({k: float(v) for k, v in counts.items()} | {"seconds": float(extra["seconds"])})
@@ -221,7 +229,7 @@ def bm25_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, storage: StorageResource, bm25: BM25Resource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
         mined = mine_bm25_negatives(profile, window, context, storage, bm25)
-        return _negative_set_result(context, "bm25_negatives", mined, mlflow, mining.min_full_share)
+        return _negative_set_result(profile, context, "bm25_negatives", mined, mlflow)
 
     return bm25_negatives
 
@@ -332,7 +340,7 @@ def ce_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
         mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
         mined = mine_ce_negatives(profile, context, storage, bm25, cross_encoder_runtime)
-        return _negative_set_result(context, "ce_negatives", mined, mlflow, profile.mining.min_full_share)
+        return _negative_set_result(profile, context, "ce_negatives", mined, mlflow)
 
     return ce_negatives
 
@@ -415,16 +423,16 @@ def bm25_scores_asset(profile: Profile) -> dg.AssetsDefinition:
     def bm25_scores(
         context: dg.AssetExecutionContext, storage: StorageResource, bm25: BM25Resource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        return each_partition(context, lambda key: one_bm25_scores(depth, context, key, storage, bm25, mlflow))
+        return each_partition(context, lambda key: one_bm25_scores(profile, context, key, storage, bm25, mlflow))
 
     return bm25_scores
 
 
 def one_bm25_scores(
-    depth: int, context, name: str, storage: StorageResource, bm25: BM25Resource, mlflow: MlflowResource
+    profile: Profile, context, name: str, storage: StorageResource, bm25: BM25Resource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     """BM25 on one evaluation dataset, scored with the evaluation stage's own code (`lib.evaluation.scores`)."""
-    layout, where = Layout(storage), f"bm25_scores[{name}]"
+    layout, where, depth = Layout(storage), f"bm25_scores[{name}]", profile.bm25.scores_depth
     started = time.perf_counter()
     engine = bm25.engine()
     handle = engine.cached(layout.dataset(name, "corpus").require(where), Path(bm25.index_cache_dir), context.log.info)
@@ -458,7 +466,9 @@ def one_bm25_scores(
     tolerance = REFERENCE_TOLERANCE[engine.backend]
     off = applies and abs(means["ndcg@10"] - reference) > tolerance
     ref_problems = [f"nDCG@10 {means['ndcg@10']:.4f} is not within ±{tolerance} of {reference}"] if off else []
-    with mlflow.run(f"bm25:{name}", tags={TAG_MINING_DAGSTER_RUN: context.run.run_id, TAG_MINING_DATASET: name}) as run:
+    tags = {TAG_MINING_DAGSTER_RUN: context.run.run_id, TAG_MINING_DATASET: name}
+    tags[TAG_SETTINGS_HASH] = versions.settings_hash(profile, "bm25_scores", name)
+    with mlflow.run(f"bm25:{name}", tags=tags) as run:
         run.log_params({k: v for k, v in summary.items() if k not in means})
         run.log_metrics({m.replace("@", "_at_"): v for m, v in means.items()})  # MLflow refuses '@'
     return dg.MaterializeResult(

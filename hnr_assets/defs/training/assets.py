@@ -25,6 +25,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from hnr_assets.defs import versions
 from hnr_assets.defs.checks import contract, problems_result, quality
 from hnr_assets.defs.execution import each_partition, hnr_asset
 from hnr_assets.defs.layout import (
@@ -64,6 +65,7 @@ from hnr_assets.resources.mlflow import (
     TAG_PARTITION,
     TAG_PRECISION,
     TAG_PROFILE,
+    TAG_SETTINGS_HASH,
     MlflowResource,
     TrackedRun,
 )
@@ -357,6 +359,10 @@ def one_training_set(
         "ce_filtered": recipe.ce_filtered,
         "in_study": recipe.in_study,
         "settings": settings.model_dump(),
+        # What it was built with: launchpad config may differ from the profile's `training.sets`.
+        versions.METADATA_KEY: versions.settings_hash(
+            profile, "training_sets", recipe.key, {"training.sets": settings}
+        ),
         "fingerprint": frame_fingerprint(rows),
         "source_files": {s: _file_entry(layout.negatives(s).path) for s in needed},
         "ce_score_files_sha256": score_files,
@@ -387,6 +393,7 @@ def _training_set_result(target: Path, manifest: dict, settings: TrainingSetSett
             "pairs_dropped_short": stats["pairs_dropped_short"],
             "negatives_filtered_out": manifest["negatives_filtered_out"],
             "fingerprint": manifest["fingerprint"],
+            versions.METADATA_KEY: manifest[versions.METADATA_KEY],
             "seconds": round(time.perf_counter() - started, 2),
             "path": dg.MetadataValue.path(str(target / TRAINING_SET)),
             "sample_rows": _md_sample(stored, ["query", "positive", "negative_1", "source", "split"]),
@@ -557,7 +564,9 @@ def train_recipe_encoder(
     registered_name = f"hnr-{profile.name}-{recipe.key}"
     target = layout.folder("encoders", recipe.key)
     started = time.perf_counter()
-    tags = {**run_tags, TAG_PROFILE: profile.name, TAG_DAGSTER_RUN: context.run.run_id}
+    # What it trains with: launchpad config may differ from the profile's `training.trainer`.
+    hashed = versions.settings_hash(profile, "encoders", recipe.key, {"training.trainer": settings})
+    tags = {**run_tags, TAG_PROFILE: profile.name, TAG_DAGSTER_RUN: context.run.run_id, TAG_SETTINGS_HASH: hashed}
     with mlflow.run(f"encoder:{recipe.key}", tags=tags) as run:
         context.log.info(f"{where}: MLflow run {run.run_id} ({run.url})")
         run.log_params(_encoder_params(profile, recipe, settings, inputs))
@@ -565,6 +574,7 @@ def train_recipe_encoder(
             outcome = _train(profile, settings, inputs, tmp, run, lambda msg: context.log.info(f"{where}: {msg}"))
             version = _register(profile, recipe, run, tmp / MODEL, registered_name, context.run.run_id)
             training = _training_record(recipe, run, registered_name, version, outcome, settings, inputs)
+            training[versions.METADATA_KEY] = hashed
             _write_json(tmp / TRAINING, training)
             _write_json(tmp / HISTORY, outcome.history)
             run.log_artifact(tmp / TRAINING)
@@ -653,6 +663,7 @@ def _encoder_result(training: dict, outcome, run, mlflow, inputs: dict, target: 
             **{k: training[k] for k in ("precision", "device")},
             "seconds": round(time.perf_counter() - started, 2),
             "path": dg.MetadataValue.path(str(target / MODEL)),
+            versions.METADATA_KEY: training[versions.METADATA_KEY],
             "validation_curve": dg.MetadataValue.md(curve),
         },
         check_results=[
