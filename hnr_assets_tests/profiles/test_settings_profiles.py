@@ -37,7 +37,9 @@ def test_env_overrides(tmp_path: Path) -> None:
 
 
 def test_unknown_profile_names_the_choices() -> None:
-    with pytest.raises(ConfigError, match=r"HNR_PROFILE='papr' is not a profile; choose one of local, paper, test"):
+    with pytest.raises(
+        ConfigError, match=r"HNR_PROFILE='papr' is not a profile; choose one of local, local-full, paper, test"
+    ):
         Settings.from_env({"HNR_PROFILE": "papr"})
 
 
