@@ -71,6 +71,7 @@ UP_TIMEOUT_S = 60 * 60
 DOWN_TIMEOUT_S = 10 * 60
 READY_S = 300
 RUN_S = 20 * 60
+CONTAINER_EXIT_S = 180
 UI_TIMEOUT_MS = 90_000
 # What an engine started by stack.sh leaves running, when it is not stopped.
 ENGINE_PROCESSES = re.compile(r"^(dockerd|containerd|containerd-shim\S*|docker-proxy|runc)$")
@@ -275,7 +276,7 @@ def _wait(what: str, probe: Callable[[], bool], timeout: float, interval: float 
 
 def _leftovers(state: Path, owned_pid: int | None) -> list[str]:
     """What the stack left on this machine: engine processes, containers, bridges, iptables rules."""
-    problems = []
+    problems = [f"temporary root {p} is left" for p in sorted(Path("/var/tmp").glob("hnr-standin.*"))]
     if owned_pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(owned_pid, 0)
@@ -514,7 +515,11 @@ def test_code_location_lists_the_assets_of_the_local_profile(dagster: Stack, tmp
 def test_bm25_run_is_launched_by_the_daemon_in_its_own_container(dagster: Stack, bm25_run: FinishedRun) -> None:
     assert bm25_run.container_id, f"no docker/container_id tag: {bm25_run.tags}"
     container = dagster.docker.containers.get(bm25_run.container_id)
+    # The run reports SUCCESS just before its process exits.
+    exit_code = container.wait(timeout=CONTAINER_EXIT_S)["StatusCode"]
+    container.reload()
     attrs = container.attrs
+    assert exit_code == 0, container.logs(tail=40)
     assert attrs["Config"]["Image"] == dagster.image
     assert attrs["Config"]["Labels"]["dagster/run_id"] == bm25_run.run_id
     assert attrs["State"]["Status"] == "exited" and attrs["State"]["ExitCode"] == 0, attrs["State"]
