@@ -18,7 +18,7 @@ HOST ?= 127.0.0.1
 DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 
-.PHONY: install system-deps demo test lint dev mlflow clean-data stack-up stack-down
+.PHONY: install system-deps demo demo-full test lint dev mlflow clean-data stack-up stack-down
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ system-deps:
 
 demo: install
 	$(PY) -m hnr_assets.cli demo
+
+# The full local grid: both generators, all 14 recipes, all five collections (profile local-full).
+demo-full: install
+	HNR_PROFILE=local-full $(PY) -m hnr_assets.cli demo
 
 # Includes the stack test (hnr_assets_tests/ops/test_stack.py, docs/stack.md): the compose deployment built
 # and run with a Docker engine, as root. HNR_SKIP_STACK=1 skips it on a developer machine; CI never sets it.

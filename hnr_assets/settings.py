@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hnr_assets.lib.errors import ConfigError
+from hnr_assets.lib.runtime.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_PROFILES_DIR = Path(__file__).resolve().parent / "profiles"

@@ -1,4 +1,4 @@
-"""Negative sets written by the tests, in the shared contract (`lib.negatives.NEGATIVES_SCHEMA`).
+"""Negative sets written by the tests, in the shared contract (`lib.mining.negatives.NEGATIVES_SCHEMA`).
 
 The mining and generation stages write these files in production; the training tests write their own
 from the training pairs, so that they do not depend on those stages: mined sets take corpus documents
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from hnr_assets.lib.negatives import NEGATIVES_SCHEMA
+from hnr_assets.lib.mining.negatives import NEGATIVES_SCHEMA
 
 
 def _rows(pair: dict, negatives: list[tuple[str | None, str]], source: str) -> list[dict]:

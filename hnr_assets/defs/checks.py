@@ -1,24 +1,44 @@
 """Helpers for asset checks evaluated inside the asset that writes the output.
 
-Checks are declared with `check_specs` and their results returned with the materialization, so they
-run per partition on exactly the files just written; blocking ones stop downstream assets.
+Checks are declared with the asset (`Check`, through `execution.hnr_asset`) and their results returned
+with the materialization, so they run per partition on exactly the files just written; blocking ones
+stop downstream assets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import dagster as dg
 
 
-def contract_spec(asset: str, name: str = "contract", description: str = "") -> dg.AssetCheckSpec:
+@dataclass(frozen=True)
+class Check:
+    """An asset check as an asset declares it; `hnr_asset` turns it into a `dg.AssetCheckSpec`.
+
+    Attributes:
+        name: Check name.
+        description: What it checks.
+        blocking: A failure stops downstream assets (contract); otherwise a WARN quality gate.
+    """
+
+    name: str
+    description: str = ""
+    blocking: bool = True
+
+    def spec(self, asset: str) -> dg.AssetCheckSpec:
+        return dg.AssetCheckSpec(self.name, asset=asset, blocking=self.blocking, description=self.description or None)
+
+
+def contract(description: str, name: str = "contract") -> Check:
     """A blocking check: the stored output honours its contract."""
-    return dg.AssetCheckSpec(name, asset=asset, blocking=True, description=description or None)
+    return Check(name, description, blocking=True)
 
 
-def quality_spec(asset: str, name: str, description: str = "") -> dg.AssetCheckSpec:
+def quality(name: str, description: str) -> Check:
     """A non-blocking quality gate (reported with WARN severity when it fails)."""
-    return dg.AssetCheckSpec(name, asset=asset, blocking=False, description=description or None)
+    return Check(name, description, blocking=False)
 
 
 def problems_result(
@@ -33,26 +53,22 @@ def problems_result(
     )
 
 
-def negative_set_check_specs(asset: str, min_full_share: float) -> list[dg.AssetCheckSpec]:
+def negative_set_checks(min_full_share: float) -> list[Check]:
     """The checks every negative set carries (factory: one family, every source).
 
     Blocking: `schema`, `not_positive`, `distinct`. WARN: `full_coverage` below `min_full_share`.
     """
     return [
-        contract_spec(asset, "schema", "Negatives follow the shared long-format schema, no empty text."),
-        contract_spec(asset, "not_positive", "No negative equals its positive (by id or normalised text)."),
-        contract_spec(asset, "distinct", "The negatives of a pair are distinct (by id and normalised text)."),
-        quality_spec(
-            asset,
-            "full_coverage",
-            f"At least {min_full_share:.0%} of the training pairs have a full set of negatives.",
-        ),
+        contract("Negatives follow the shared long-format schema, no empty text.", "schema"),
+        contract("No negative equals its positive (by id or normalised text).", "not_positive"),
+        contract("The negatives of a pair are distinct (by id and normalised text).", "distinct"),
+        quality("full_coverage", f"At least {min_full_share:.0%} of the training pairs have a full set of negatives."),
     ]
 
 
 def negative_set_check_results(negatives, pairs, min_full_share: float) -> list[dg.AssetCheckResult]:
-    """Evaluate `negative_set_check_specs` on a stored negative set and the training pairs."""
-    from hnr_assets.lib.negatives import coverage, validate_negatives
+    """Evaluate `negative_set_checks` on a stored negative set and the training pairs."""
+    from hnr_assets.lib.mining.negatives import coverage, validate_negatives
 
     problems = validate_negatives(negatives)
     results = [problems_result(name, problems[name]) for name in ("schema", "not_positive", "distinct")]

@@ -1,8 +1,9 @@
 """How each asset runs: partitions per backfill run, concurrency pool, declarative automation.
 
-One table (`POLICIES`) says it for every asset; the stages spread `run_policy(name)` into their
-`@dg.asset(...)` and partitioned assets that take several partitions per run loop over them with
-`each_partition`. Jobs and the automation sensor are in `hnr_assets/defs/jobs.py`.
+One table (`POLICIES`) says it for every asset; the stages declare their assets with `hnr_asset`, which
+fills it in (with the group, code version and checks), and partitioned assets that take several
+partitions per run loop over them with `each_partition`. Jobs and the automation sensor are in
+`hnr_assets/defs/jobs.py`.
 
 - **Backfill policies.** Cheap partitioned assets (`datasets`, `bm25_scores`, `training_sets`) and
   `scores`, whose partitions are short when the embedding cache holds the corpus, take up to
@@ -22,14 +23,17 @@ One table (`POLICIES`) says it for every asset; the stages spread `run_policy(na
 
 import hashlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import BaseModel
 
-from hnr_assets.defs.checks import problems_result
+from hnr_assets.defs.checks import Check, problems_result
+from hnr_assets.defs.partitions import partitions_of
+from hnr_assets.profiles.schema import Profile
 
 # `backfill_policy` is marked beta in Dagster 1.13 (stable in use since 1.5); its warning would be printed
 # for every partitioned asset each time the code location loads.
@@ -59,6 +63,16 @@ class RunPolicy:
     heavy: bool = False
     refresh: bool = False
 
+
+# The stages (Dagster asset groups, one folder of `hnr_assets/defs` each) and their assets, in order.
+STAGES: dict[str, tuple[str, ...]] = {
+    "datasets": ("datasets", "training_pairs"),
+    "mining": ("bm25_index", "bm25_negatives", "cross_encoder", "ce_negatives", "bm25_scores"),
+    "generation": ("generator_models", "llm_negatives"),
+    "training": ("llm_negatives_ce_scores", "training_sets", "base_encoder", "encoders"),
+    "evaluation": ("scores", "results"),
+}
+STAGE_OF = {asset: stage for stage, assets in STAGES.items() for asset in assets}
 
 POLICIES: dict[str, RunPolicy] = {
     # datasets
@@ -138,6 +152,47 @@ def run_policy(asset: str) -> dict[str, object]:
     if policy.partitions_per_run:
         kwargs["backfill_policy"] = dg.BackfillPolicy.multi_run(policy.partitions_per_run)
     return kwargs
+
+
+# The code version of every asset that does not pass its own: a string, or a callable of the asset name.
+# Exact staleness from the profile's settings plugs in here (one place for every asset).
+CODE_VERSION: str | Callable[[str], str] = "1"
+
+
+def hnr_asset(
+    name: str,
+    profile: Profile,
+    *,
+    description: str,
+    checks: Sequence[Check] = (),
+    code_version: str | Callable[[str], str] | None = None,
+    **kwargs: Any,
+) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """`@dg.asset` with what every hnr asset declares the same way.
+
+    Fills the name, the group (its stage in `STAGES`), the partitions of the asset's axis in `POLICIES` and
+    its run policy (backfill policy, pool, automation), the code version and the check specs; everything
+    else (`deps`, `kinds`, ...) is passed on.
+
+    Args:
+        name: Asset name (a key of `POLICIES`).
+        profile: The active profile (its lists are the partitions).
+        description: Shown in the UI.
+        checks: The asset's checks (`checks.contract`, `checks.quality`).
+        code_version: A string, or a callable of the asset name; default `CODE_VERSION`.
+        **kwargs: Further `dg.asset` arguments.
+    """
+    version = CODE_VERSION if code_version is None else code_version
+    return dg.asset(
+        name=name,
+        group_name=STAGE_OF[name],
+        description=description,
+        code_version=version(name) if callable(version) else version,
+        check_specs=[check.spec(name) for check in checks] or None,
+        partitions_def=partitions_of(POLICIES[name].axis, profile),
+        **run_policy(name),
+        **kwargs,
+    )
 
 
 def versioned(logic: str, *inputs: object) -> str:

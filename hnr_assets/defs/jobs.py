@@ -18,13 +18,13 @@ from collections.abc import Iterable
 
 import dagster as dg
 
-from hnr_assets.defs.execution import POLICIES
+from hnr_assets.defs.execution import POLICIES, STAGES
 
 # `training_per_recipe_job` holds `training_sets` (8 partitions per backfill run) and `encoders` (1): Dagster
 # warns, then uses the smaller, which is what a job that builds a recipe's set and trains on it should do.
 warnings.filterwarnings("ignore", message=r"Asset job \w+ materializes assets with varying BackfillPolicies")
 
-STAGE_ORDER = ("datasets", "mining", "generation", "training", "evaluation")
+STAGE_ORDER = tuple(STAGES)
 REFRESH_SENSOR = "refresh_downstream_of_negatives"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from hnr_assets.lib.recipes import BASELINE_SYSTEMS, Recipe, derive_recipes
+from hnr_assets.lib.training.recipes import BASELINE_SYSTEMS, Recipe
 from hnr_assets.profiles.schema import Profile
 
 
@@ -19,8 +19,8 @@ def generator_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:
 
 
 def recipes(profile: Profile) -> list[Recipe]:
-    """The recipe grid of the profile (see `lib.recipes`)."""
-    return derive_recipes(profile.generator_keys)
+    """The recipes of the profile: its generators' grid (`lib.training.recipes`), narrowed by `training.recipes`."""
+    return profile.recipes
 
 
 def recipe_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:
@@ -41,3 +41,17 @@ def system_dataset_partitions(profile: Profile) -> dg.MultiPartitionsDefinition:
             "dataset": dataset_partitions(profile),
         }
     )
+
+
+# The partitions definition of each partition axis of `execution.POLICIES`.
+BY_AXIS = {
+    "dataset": dataset_partitions,
+    "generator": generator_partitions,
+    "recipe": recipe_partitions,
+    "system×dataset": system_dataset_partitions,
+}
+
+
+def partitions_of(axis: str | None, profile: Profile) -> dg.PartitionsDefinition | None:
+    """The partitions definition of a partition axis for `profile` (None: unpartitioned)."""
+    return BY_AXIS[axis](profile) if axis else None

@@ -1,1 +1,2 @@
-"""Dagster-free IR code: BEIR I/O and validation, mining, prompts and parsing, training, metrics."""
+"""Dagster-free code, one sub-package per stage (data, retrieval, mining, generation, training, evaluation)
+and runtime (what every stage runs on); nothing here imports dagster, defs, resources or profiles."""

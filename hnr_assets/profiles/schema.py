@@ -7,15 +7,16 @@ top-level keys are the fields of `Profile`. Each stage of the pipeline reads its
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from hnr_assets.lib.download import BEIR_MD5, beir_url
-from hnr_assets.lib.errors import ConfigError
-from hnr_assets.lib.io import check_safe_name
-from hnr_assets.lib.names import check_model_reference, check_revision, check_url
-from hnr_assets.lib.recipes import GENERATOR_KEY_MAX, system_keys
+from hnr_assets.lib.data.download import BEIR_MD5, beir_url
+from hnr_assets.lib.runtime.errors import ConfigError
+from hnr_assets.lib.runtime.io import check_safe_name
+from hnr_assets.lib.runtime.names import check_model_reference, check_revision, check_url
+from hnr_assets.lib.training.encoder_training import TrainerOptions
+from hnr_assets.lib.training.recipes import BASELINE_SYSTEMS, GENERATOR_KEY_MAX, Recipe, derive_recipes
 
 
 def _dataset_name(value: str) -> str:
@@ -26,7 +27,7 @@ def _dataset_name(value: str) -> str:
 
 
 def _as_value_error(check, *args, **kwargs):
-    """Run a `lib.names` check; its ConfigError becomes the ValueError pydantic reports with the key."""
+    """Run a `lib.runtime.names` check; its ConfigError becomes the ValueError pydantic reports with the key."""
 
     def validate(value):
         try:
@@ -120,7 +121,7 @@ def _generator_model(spec: GeneratorSpec) -> str:
 
 
 def _prompt_id(value: str) -> str:
-    from hnr_assets.lib.prompts import available_prompts
+    from hnr_assets.lib.generation.prompts import available_prompts
 
     try:
         check_safe_name(value, "prompt template id")
@@ -215,8 +216,8 @@ class GeneratorSpec(StrictModel):
         if self.backend != "openai" and self.endpoint:
             raise ValueError(f"generator {self.key!r}: endpoint is only used by backend 'openai'")
         object.__setattr__(self, "model", _generator_model(self))
-        from hnr_assets.lib.negatives import NEGATIVES_PER_PAIR
-        from hnr_assets.lib.prompts import load_prompt
+        from hnr_assets.lib.generation.prompts import load_prompt
+        from hnr_assets.lib.mining.negatives import NEGATIVES_PER_PAIR
 
         asked = load_prompt(self.prompt).count * self.completions * self.max_attempts
         if asked < NEGATIVES_PER_PAIR:
@@ -228,7 +229,7 @@ class GeneratorSpec(StrictModel):
 
 
 class ValidationSettings(StrictModel):
-    """Which generated passages are kept (see `lib.llm_output.ValidationRules`)."""
+    """Which generated passages are kept (see `lib.generation.llm_output.ValidationRules`)."""
 
     min_words: int = Field(default=8, ge=1, description="Fewer words: rejected as too_short.")
     max_words: int | None = Field(default=400, ge=1, description="More words: rejected as too_long.")
@@ -287,9 +288,17 @@ class ReferenceScore(StrictModel):
 
 
 class SignificanceSettings(StrictModel):
-    """Paired significance of each system against a baseline system, per dataset, over queries."""
+    """Paired significance of each system against reference systems, per dataset, over queries; intervals."""
 
-    baseline: str = Field(default="bm25", description="System compared against (the study's BM25-negatives recipe).")
+    baselines: list[str] = Field(
+        default_factory=lambda: ["base-encoder", "bm25"],
+        min_length=1,
+        max_length=4,
+        description=(
+            "Systems compared against, each its own family of tests: the untrained base encoder (does training "
+            "help?) and the study's BM25-negatives recipe."
+        ),
+    )
     test: Literal["t-test", "bootstrap"] = Field(
         default="t-test", description="Test whose p-value the table shows (both are computed and stored)."
     )
@@ -299,6 +308,17 @@ class SignificanceSettings(StrictModel):
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="Level at which a difference is marked.")
     bootstrap_samples: int = Field(default=10_000, ge=100, description="Resamples of the paired bootstrap test.")
     seed: int = Field(default=0, description="Seed of the bootstrap.")
+    confidence: float = Field(
+        default=0.95, gt=0.0, lt=1.0, description="Coverage of each cell's percentile bootstrap interval."
+    )
+    min_recipes_beating_base: int = Field(
+        default=2,
+        ge=1,
+        description=(
+            "Quality gate (WARN, `results`): at least this many recipes beat `base-encoder` significantly on the "
+            "training pairs' dataset (or on half of the datasets when that one is not evaluated)."
+        ),
+    )
 
 
 class EvaluationSettings(StrictModel):
@@ -397,18 +417,25 @@ class BM25NegativesSettings(StrictModel):
         return self
 
 
+def _relative_margin(description: str):
+    """The positive-aware rule's relative margin (`lib.mining.ce_filter`), as the miner and the filter take it."""
+    return Field(default=0.05, ge=0.0, lt=1.0, description=description)
+
+
+def _absolute_margin(description: str):
+    """The positive-aware rule's absolute margin (off by default)."""
+    return Field(default=None, ge=0.0, description=description)
+
+
 class CENegativesSettings(StrictModel):
     """`ce_negatives`: the cross-encoder re-scores BM25's top candidates; the best non-positives are kept."""
 
     candidates: int = Field(default=100, ge=1, description="BM25 top-N candidates re-scored per query.")
-    relative_margin: float | None = Field(
-        default=0.05,
-        ge=0.0,
-        lt=1.0,
-        description="Drop candidates scoring >= positive * (1 - margin) (TopK-PercPos at 95%); null: off.",
+    relative_margin: float | None = _relative_margin(
+        "Drop candidates scoring >= positive * (1 - margin) (TopK-PercPos at 95%); null: off."
     )
-    absolute_margin: float | None = Field(
-        default=None, ge=0.0, description="Drop candidates scoring >= positive - margin (TopK-MarginPos); null: off."
+    absolute_margin: float | None = _absolute_margin(
+        "Drop candidates scoring >= positive - margin (TopK-MarginPos); null: off."
     )
 
 
@@ -476,14 +503,11 @@ class TrainingSetSettings(StrictModel):
         default=0.1, gt=0.0, lt=1.0, description="Share of the queries held out for validation (split by query)."
     )
     split_seed: int = Field(default=0, description="Seed of the split (a query's side is a hash of seed and id).")
-    filter_relative_margin: float | None = Field(
-        default=0.05,
-        ge=0.0,
-        lt=1.0,
-        description="`-filtered` recipes: drop an LLM negative scoring >= positive x (1 - margin) (TopK-PercPos).",
+    filter_relative_margin: float | None = _relative_margin(
+        "`-filtered` recipes: drop an LLM negative scoring >= positive x (1 - margin) (TopK-PercPos)."
     )
-    filter_absolute_margin: float | None = Field(
-        default=None, ge=0.0, description="`-filtered` recipes: drop a negative scoring >= positive - margin."
+    filter_absolute_margin: float | None = _absolute_margin(
+        "`-filtered` recipes: drop a negative scoring >= positive - margin."
     )
 
     @model_validator(mode="after")
@@ -495,42 +519,75 @@ class TrainingSetSettings(StrictModel):
         return self
 
 
-class TrainerSettings(StrictModel):
-    """Fine-tuning of one encoder per recipe (asset `encoders`); every field can be overridden per run."""
+TRAINER_DEFAULTS = TrainerOptions()
 
-    batch_size: int = Field(default=16, ge=2, description="Rows per batch; the other rows are in-batch negatives.")
-    learning_rate: float = Field(default=2e-5, ge=0.0, description="Peak learning rate (AdamW, linear decay).")
-    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0, description="Share of the steps spent warming up.")
-    weight_decay: float = Field(default=0.01, ge=0.0, description="AdamW weight decay.")
-    epochs: float = Field(default=1.0, gt=0.0, description="Passes over the training rows (unless max_steps).")
-    max_steps: int | None = Field(default=None, gt=0, description="Stop after this many steps (overrides epochs).")
-    eval_steps: int = Field(default=1000, gt=0, description="Evaluate on the validation queries every this many steps.")
-    early_stopping_patience: int = Field(
-        default=3, ge=1, description="Stop after this many evaluations without improvement; the best is kept."
+
+class TrainerSettings(StrictModel):
+    """Fine-tuning of one encoder per recipe (asset `encoders`); every field can be overridden per run.
+
+    The defaults are `lib.training.encoder_training.TrainerOptions`'s (the study's); the asset hands the
+    values to the trainer as that dataclass.
+    """
+
+    batch_size: int = Field(
+        default=TRAINER_DEFAULTS.batch_size, ge=2, description="Rows per batch; the other rows are in-batch negatives."
     )
-    max_seq_length: int = Field(default=256, gt=0, description="Max tokens per text while training and validating.")
-    scale: float = Field(default=20.0, gt=0.0, description="MultipleNegativesRankingLoss scale (1 / temperature).")
+    learning_rate: float = Field(
+        default=TRAINER_DEFAULTS.learning_rate, ge=0.0, description="Peak learning rate (AdamW, linear decay)."
+    )
+    warmup_ratio: float = Field(
+        default=TRAINER_DEFAULTS.warmup_ratio, ge=0.0, lt=1.0, description="Share of the steps spent warming up."
+    )
+    weight_decay: float = Field(default=TRAINER_DEFAULTS.weight_decay, ge=0.0, description="AdamW weight decay.")
+    epochs: float = Field(
+        default=TRAINER_DEFAULTS.epochs, gt=0.0, description="Passes over the training rows (unless max_steps)."
+    )
+    max_steps: int | None = Field(
+        default=TRAINER_DEFAULTS.max_steps, gt=0, description="Stop after this many steps (overrides epochs)."
+    )
+    eval_steps: int = Field(
+        default=TRAINER_DEFAULTS.eval_steps,
+        gt=0,
+        description="Evaluate on the validation queries every this many steps.",
+    )
+    early_stopping_patience: int = Field(
+        default=TRAINER_DEFAULTS.early_stopping_patience,
+        ge=1,
+        description="Stop after this many evaluations without improvement; the best is kept.",
+    )
+    max_seq_length: int = Field(
+        default=TRAINER_DEFAULTS.max_seq_length, gt=0, description="Max tokens per text while training and validating."
+    )
+    scale: float = Field(
+        default=TRAINER_DEFAULTS.scale, gt=0.0, description="MultipleNegativesRankingLoss scale (1 / temperature)."
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        default="auto",
+        default=TRAINER_DEFAULTS.precision,
         description=(
             "Mixed precision: `auto` = bf16 on a GPU that supports it (fp16 otherwise), bf16 autocast on a CPU "
             "with AVX512-BF16/AMX, fp32 elsewhere."
         ),
     )
-    seed: int = Field(default=0, description="Seed of initialisation, batch order and dropout.")
-    logging_steps: int = Field(default=10, gt=0, description="Log loss and learning rate every this many steps.")
+    seed: int = Field(default=TRAINER_DEFAULTS.seed, description="Seed of initialisation, batch order and dropout.")
+    logging_steps: int = Field(
+        default=TRAINER_DEFAULTS.logging_steps, gt=0, description="Log loss and learning rate every this many steps."
+    )
     validation_queries: int | None = Field(
-        default=None, gt=0, description="Evaluate on a seeded sample of at most this many validation queries."
+        default=TRAINER_DEFAULTS.validation_queries,
+        gt=0,
+        description="Evaluate on a seeded sample of at most this many validation queries.",
     )
     validation_corpus_size: int | None = Field(
-        default=None,
+        default=TRAINER_DEFAULTS.validation_corpus_size,
         gt=0,
         description=(
             "Rank the validation queries' positives among a seeded sample of this many training-corpus "
             "documents (their positives always included); null: the whole training corpus."
         ),
     )
-    eval_batch_size: int = Field(default=64, gt=0, description="Texts per batch when encoding for validation.")
+    eval_batch_size: int = Field(
+        default=TRAINER_DEFAULTS.eval_batch_size, gt=0, description="Texts per batch when encoding for validation."
+    )
 
 
 class TrainingSpec(StrictModel):
@@ -539,6 +596,14 @@ class TrainingSpec(StrictModel):
     base_encoder: BaseEncoderSpec = Field(default_factory=BaseEncoderSpec)
     sets: TrainingSetSettings = Field(default_factory=TrainingSetSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    recipes: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Train and score only these recipes of the grid the generators derive (`lib.recipes`), in the grid's "
+            "order; null: the whole grid."
+        ),
+    )
 
 
 class Profile(StrictModel):
@@ -577,10 +642,23 @@ class Profile(StrictModel):
         if dups:
             raise ValueError(f"generator keys must be unique; repeated: {', '.join(dups)}")
         try:
-            systems = system_keys(keys)
+            grid = [r.key for r in derive_recipes(keys)]
         except ConfigError as exc:  # e.g. two generators whose recipe keys collide
             raise ValueError(str(exc)) from None
-        named = [("evaluation.significance.baseline", self.evaluation.significance.baseline)]
+        chosen = self.training.recipes
+        if chosen is not None:
+            unknown = [r for r in chosen if r not in grid]
+            if unknown:
+                raise ValueError(
+                    f"training.recipes: {', '.join(map(repr, unknown))} not in this profile's grid ({', '.join(grid)})"
+                )
+            repeated = sorted({r for r in chosen if chosen.count(r) > 1})
+            if repeated:
+                raise ValueError(f"training.recipes: repeated {', '.join(map(repr, repeated))}")
+        systems = [*BASELINE_SYSTEMS, *self.recipe_keys]
+        named = [
+            (f"evaluation.significance.baselines.{i}", b) for i, b in enumerate(self.evaluation.significance.baselines)
+        ]
         named += [(f"evaluation.references.{i}.system", r.system) for i, r in enumerate(self.evaluation.references)]
         for where, system in named:
             if system not in systems:
@@ -594,18 +672,34 @@ class Profile(StrictModel):
     def generator_keys(self) -> list[str]:
         return [g.key for g in self.generators]
 
+    @property
+    def recipes(self) -> list[Recipe]:
+        """The recipes trained and scored: the grid of the generators, narrowed by `training.recipes`."""
+        grid = derive_recipes(self.generator_keys)
+        chosen = self.training.recipes
+        return grid if chosen is None else [r for r in grid if r.key in set(chosen)]
+
+    @property
+    def recipe_keys(self) -> list[str]:
+        return [r.key for r in self.recipes]
+
     def generator(self, key: str) -> GeneratorSpec:
-        for spec in self.generators:
-            if spec.key == key:
-                return spec
-        raise KeyError(key)
+        return _find(self.generators, "key", key)
 
     @property
     def dataset_names(self) -> list[str]:
         return [d.name for d in self.datasets]
 
     def dataset(self, name: str) -> DatasetSpec:
-        for spec in self.datasets:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
+        return _find(self.datasets, "name", name)
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def _find(specs: list[S], attribute: str, value: str) -> S:
+    """The spec whose `attribute` is `value` (KeyError when none is)."""
+    for spec in specs:
+        if getattr(spec, attribute) == value:
+            return spec
+    raise KeyError(value)

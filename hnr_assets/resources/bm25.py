@@ -1,17 +1,20 @@
 """The BM25 engine as a resource: one abstract resource, two real implementations (Lucene and bm25s).
 
 Assets take `bm25: BM25Resource`; `build_resources` puts the implementation the profile names under the
-key `bm25`. The engines themselves live in `hnr_assets.lib.bm25` (Dagster-free).
+key `bm25`, built from the profile's `bm25` section. The engines live in `hnr_assets.lib.retrieval` (Dagster-free).
 """
 
-from dataclasses import replace
+from dataclasses import fields
 from typing import ClassVar
 
 import dagster as dg
 from pydantic import Field
 
-from hnr_assets.lib.bm25 import BM25Config, BM25Engine, make_engine
+from hnr_assets.lib.retrieval.base import BM25Config, BM25Engine
+from hnr_assets.lib.retrieval.bm25 import make_engine
 from hnr_assets.profiles.schema import BM25Settings
+
+_CONFIG_FIELDS = {f.name for f in fields(BM25Config)}
 
 
 class BM25Resource(dg.ConfigurableResource):
@@ -27,14 +30,9 @@ class BM25Resource(dg.ConfigurableResource):
     index_cache_dir: str = Field(description="Cached per-dataset indexes (bm25_scores), shared by profiles.")
 
     def config(self) -> BM25Config:
-        return BM25Config(
-            backend=self.backend,  # type: ignore[arg-type]
-            k1=self.k1,
-            b=self.b,
-            stemmer=self.stemmer,  # type: ignore[arg-type]
-            keep_stopwords=self.keep_stopwords,
-            threads=self.threads,
-        )
+        """The engine settings: every field of the resource that `BM25Config` has, and the backend."""
+        values = {name: getattr(self, name) for name in type(self).model_fields if name in _CONFIG_FIELDS}
+        return BM25Config(backend=self.backend, **values)  # type: ignore[arg-type]
 
     def engine(self) -> BM25Engine:
         """A fresh engine with these settings."""
@@ -53,11 +51,6 @@ class PyseriniBM25Resource(BM25Resource):
     java_heap: str = Field(default="4g", description="JVM maximum heap.")
     prebuilt_index: str | None = Field(default=None, description="pyserini prebuilt index for the training corpus.")
 
-    def config(self) -> BM25Config:
-        return replace(
-            super().config(), java_home=self.java_home, java_heap=self.java_heap, prebuilt_index=self.prebuilt_index
-        )
-
 
 class Bm25sResource(BM25Resource):
     """bm25s: eager sparse BM25 in numpy (no JVM)."""
@@ -66,15 +59,7 @@ class Bm25sResource(BM25Resource):
 
 
 def bm25_resource(settings: BM25Settings, index_cache_dir: str) -> BM25Resource:
-    """The resource for a profile's `bm25` section."""
-    common = {
-        "k1": settings.k1,
-        "b": settings.b,
-        "stemmer": settings.stemmer,
-        "keep_stopwords": settings.keep_stopwords,
-        "threads": settings.threads,
-        "index_cache_dir": index_cache_dir,
-    }
-    if settings.backend == "pyserini":
-        return PyseriniBM25Resource(**common, java_heap=settings.java_heap, prebuilt_index=settings.prebuilt_index)
-    return Bm25sResource(**common)
+    """The resource for a profile's `bm25` section: the backend's class, with the section's fields it has."""
+    cls = PyseriniBM25Resource if settings.backend == "pyserini" else Bm25sResource
+    values = {k: v for k, v in settings.model_dump().items() if k in cls.model_fields}
+    return cls(**values, index_cache_dir=index_cache_dir)

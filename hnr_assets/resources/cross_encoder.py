@@ -1,7 +1,7 @@
 """The cross-encoder runtime as a resource: fetches the profile's model and loads scorers for it.
 
-The scoring code is Dagster-free (`hnr_assets.lib.cross_encoder`); other stages (e.g. filtering LLM
-negatives) can call `hnr_assets.lib.cross_encoder.load_cross_encoder` on the `cross_encoder` folder directly.
+The scoring code is Dagster-free (`hnr_assets.lib.mining.cross_encoder`); other stages (e.g. filtering LLM
+negatives) can call `hnr_assets.lib.mining.cross_encoder.load_cross_encoder` on the `cross_encoder` folder directly.
 """
 
 from pathlib import Path
@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from hnr_assets.lib.cross_encoder import CrossEncoderScorer, fetch_cross_encoder, load_cross_encoder
+from hnr_assets.lib.mining.cross_encoder import CrossEncoderScorer, fetch_cross_encoder, load_cross_encoder
 from hnr_assets.profiles.schema import CrossEncoderSettings
 
 
@@ -48,12 +48,5 @@ class CrossEncoderResource(dg.ConfigurableResource):
 
 
 def cross_encoder_resource(settings: CrossEncoderSettings) -> CrossEncoderResource:
-    return CrossEncoderResource(
-        model=settings.model,
-        revision=settings.revision,
-        max_length=settings.max_length,
-        batch_size=settings.batch_size,
-        threads=settings.threads,
-        bf16=settings.bf16,
-        trust_remote_code=settings.trust_remote_code,
-    )
+    """The resource of a profile's `cross_encoder` section (the section's fields are the resource's)."""
+    return CrossEncoderResource(**settings.model_dump())

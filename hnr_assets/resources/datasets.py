@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from hnr_assets.lib.sources import ResolvedSource, resolve_dataset
+from hnr_assets.lib.data.sources import ResolvedSource, resolve_dataset
 from hnr_assets.profiles.schema import DatasetSpec
 
 

@@ -19,7 +19,6 @@ import hashlib
 import logging
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,8 +28,8 @@ from typing import Any, TypeVar
 import dagster as dg
 from pydantic import Field
 
-from hnr_assets.lib.errors import HnrError
-from hnr_assets.lib.io import pid_alive, process_start
+from hnr_assets.lib.runtime.errors import HnrError
+from hnr_assets.lib.runtime.owner import HOST, TAG_HOST, Owner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,19 +41,11 @@ _USER_HTTP_ENV = frozenset(name for name in _HTTP_ENV if name in os.environ)
 # Runs this process has open; a RUNNING run tagged with this process and not in here was left behind.
 _OPEN_RUNS: set[str] = set()
 _RUNS_LOCK = threading.Lock()
-HOST = socket.gethostname()
-
-
-def _start_tag(pid: int) -> str:
-    """A process's start time (clock ticks since boot) as a tag, "" when unknown; tells reused pids apart."""
-    start = process_start(pid)
-    return "" if start is None else str(start)
 
 
 def owner_tags() -> dict[str, str]:
     """Tags naming the process that opens a run (`hnr/host`, `hnr/pid`, `hnr/pid_start`)."""
-    pid = os.getpid()
-    return {"hnr/host": HOST, "hnr/pid": str(pid), "hnr/pid_start": _start_tag(pid)}
+    return Owner.current().tags()
 
 
 def process_gone(run: Any) -> bool:
@@ -62,16 +53,31 @@ def process_gone(run: Any) -> bool:
 
     Only runs of this host are judged; a run of another host (or without owner tags) is never stale here.
     """
-    tags = run.data.tags
-    if tags.get("hnr/host") != HOST or not tags.get("hnr/pid", "").isdigit():
+    owner = Owner.from_tags(run.data.tags)
+    if owner is None or not owner.local:
         return False
-    pid = int(tags["hnr/pid"])
-    if pid == os.getpid():
+    if owner.is_current:
         return run.info.run_id not in _OPEN_RUNS
-    if not pid_alive(pid):
-        return True
-    recorded = tags.get("hnr/pid_start", "")
-    return bool(recorded) and _start_tag(pid) not in ("", recorded)  # the pid now belongs to another process
+    return not owner.alive()  # gone, or the pid now belongs to another process
+
+
+# Tag names the assets put on their runs, one declaration each (runs are found again by them). The owner
+# tags (`hnr/host`, `hnr/pid`, `hnr/pid_start`) are `lib.runtime.owner`'s.
+TAG_ASSET = "hnr/asset"
+TAG_PARTITION = "hnr/partition"
+TAG_PROFILE = "hnr/profile"
+TAG_DAGSTER_RUN = "hnr/dagster_run_id"
+TAG_ROLE = "hnr/role"
+TAG_SYSTEM = "hnr/system"
+TAG_PRECISION = "hnr/precision"
+TAG_DEVICE = "hnr/device"
+TAG_CLOSED_REASON = "hnr/closed_reason"
+# Older names some stages' runs carry (the mining stage's negative sets and BM25 scores, generation's
+# Dagster run id); kept as they are, since stores written so far are searched by them.
+TAG_MINING_ASSET = "asset"
+TAG_MINING_DATASET = "dataset"
+TAG_MINING_DAGSTER_RUN = "dagster_run_id"
+TAG_GENERATION_DAGSTER_RUN = "dagster/run_id"
 
 
 _KEY_REFUSED = re.compile(r"[^\w./\- :]")
@@ -243,7 +249,7 @@ class MlflowResource(dg.ConfigurableResource):
             Ids of the runs closed.
         """
         return self.close_stale_runs(
-            {"hnr/host": HOST},
+            {TAG_HOST: HOST},
             process_gone,
             reason="its process ended (or lost the tracking server) without closing it; closed by the next run",
         )
@@ -282,7 +288,7 @@ class MlflowResource(dg.ConfigurableResource):
         Args:
             tags: Tags that identify the work (asset and partition, say).
             is_stale: Decides, per run, whether its owner is gone (a live concurrent run must be kept).
-            reason: Stored in the tag `hnr/closed_reason`.
+            reason: Stored in the tag `hnr/closed_reason` (`TAG_CLOSED_REASON`).
 
         Returns:
             Ids of the runs closed.
@@ -298,7 +304,7 @@ class MlflowResource(dg.ConfigurableResource):
             self.delete_model_versions(run_id)
             self.call(
                 "tag a stale run",
-                lambda r=run_id: client.log_batch(r, tags=[RunTag("hnr/closed_reason", reason[:5000])]),
+                lambda r=run_id: client.log_batch(r, tags=[RunTag(TAG_CLOSED_REASON, reason[:5000])]),
             )
             self.call("mark a stale run FAILED", lambda r=run_id: client.set_terminated(r, "FAILED"))
             log.warning("MLflow run %s was left RUNNING (%s); marked FAILED", run_id, reason)

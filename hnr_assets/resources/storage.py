@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from hnr_assets.lib.io import check_safe_name, safe_join
+from hnr_assets.lib.runtime.io import check_safe_name, safe_join
 
 
 class StorageResource(dg.ConfigurableResource):

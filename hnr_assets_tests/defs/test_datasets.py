@@ -10,25 +10,10 @@ import pytest
 
 from hnr_assets.cli import run_demo
 from hnr_assets.definitions import build_defs
-from hnr_assets.lib.beir import load_qrels
+from hnr_assets.lib.data.beir import load_qrels
 from hnr_assets.settings import Settings
+from hnr_assets_tests.conftest import materialize, metadata
 from hnr_assets_tests.fixtures import make_tiny_dataset
-
-
-def _materialize(defs: dg.Definitions, asset: str, partition: str | None = None, **kwargs) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        defs.assets,
-        selection=[asset],
-        partition_key=partition,
-        resources=defs.resources,
-        instance=dg.DagsterInstance.ephemeral(),
-        **kwargs,
-    )
-
-
-def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    (mat,) = result.asset_materializations_for_node(asset)
-    return {k: v.value for k, v in mat.metadata.items()}
 
 
 def test_definitions_have_the_stage_assets(test_settings: Settings) -> None:
@@ -41,9 +26,9 @@ def test_definitions_have_the_stage_assets(test_settings: Settings) -> None:
 
 def test_datasets_partition(test_settings: Settings, tiny_mirror: Path) -> None:
     defs = build_defs(test_settings)
-    result = _materialize(defs, "datasets", "tiny-b")
+    result = materialize(defs, "datasets", "tiny-b")
     assert result.success
-    meta = _metadata(result, "datasets")
+    meta = metadata(result, "datasets")
     assert (meta["documents"], meta["queries"], meta["judgements"]) == (48, 8, 8)
     assert meta["source"].startswith("mirror: ")
     assert "| doc_id | title | text |" in meta["sample_documents"]
@@ -61,8 +46,8 @@ def test_datasets_partition(test_settings: Settings, tiny_mirror: Path) -> None:
 
 def test_training_pairs(test_settings: Settings) -> None:
     defs = build_defs(test_settings)
-    result = _materialize(defs, "training_pairs")
-    meta = _metadata(result, "training_pairs")
+    result = materialize(defs, "training_pairs")
+    meta = metadata(result, "training_pairs")
     assert (meta["pairs"], meta["queries"], meta["corpus_documents"]) == (24, 16, 48)
     pairs = pl.read_parquet(test_settings.data_dir / "test" / "training_pairs" / "pairs.parquet")
     assert pairs.columns == ["query_id", "query", "positive_id", "positive"]
@@ -80,11 +65,11 @@ def test_max_pairs_subsample_is_seeded(tmp_path: Path, tiny_mirror: Path) -> Non
         {"HNR_PROFILE": str(profile), "HNR_DATA_DIR": str(tmp_path / "d"), "HNR_DATASETS_DIR": str(tiny_mirror)}
     )
     defs = build_defs(settings)
-    first = _materialize(defs, "training_pairs")
+    first = materialize(defs, "training_pairs")
     pairs_path = tmp_path / "d" / "sub" / "training_pairs" / "pairs.parquet"
     one = pl.read_parquet(pairs_path)
-    _materialize(defs, "training_pairs")
-    assert _metadata(first, "training_pairs")["pairs"] == 5
+    materialize(defs, "training_pairs")
+    assert metadata(first, "training_pairs")["pairs"] == 5
     assert one.equals(pl.read_parquet(pairs_path))
 
 
@@ -95,20 +80,20 @@ def test_bad_input_fails_and_writes_nothing(test_settings: Settings, tiny_mirror
     corpus.write_text("".join(lines))
     defs = build_defs(test_settings)
     with pytest.raises(Exception, match=r"corpus\.jsonl:10: invalid JSON"):
-        _materialize(defs, "datasets", "tiny-a")
+        materialize(defs, "datasets", "tiny-a")
     out_root = test_settings.data_dir / "test" / "datasets"
     assert not out_root.exists() or list(out_root.iterdir()) == []
 
 
 def test_bad_input_keeps_the_previous_good_output(test_settings: Settings, tiny_mirror: Path) -> None:
     defs = build_defs(test_settings)
-    _materialize(defs, "datasets", "tiny-a")
+    materialize(defs, "datasets", "tiny-a")
     out = test_settings.data_dir / "test" / "datasets" / "tiny-a"
     before = (out / "qrels.parquet").read_bytes()
     qrels = tiny_mirror / "tiny-a" / "qrels" / "test.tsv"
     qrels.write_text(qrels.read_text() + "q0-2\tmissing-doc\t1\n")
     with pytest.raises(Exception, match="corpus-id 'missing-doc' is not in corpus.jsonl"):
-        _materialize(defs, "datasets", "tiny-a")
+        materialize(defs, "datasets", "tiny-a")
     assert (out / "qrels.parquet").read_bytes() == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["tiny-a"]
 

@@ -22,7 +22,7 @@ import yaml
 
 from hnr_assets.cli import init_dagster_home, run_demo
 from hnr_assets.definitions import build_defs
-from hnr_assets.lib.recipes import derive_recipes, system_keys
+from hnr_assets.lib.training.recipes import derive_recipes, system_keys
 from hnr_assets.settings import BUILTIN_PROFILES_DIR, Settings
 from hnr_assets_tests.openai_server import FakeOpenAIServer
 

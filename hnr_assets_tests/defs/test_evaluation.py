@@ -1,7 +1,7 @@
 """`scores` and `results` on a real Dagster instance, a real MLflow store and tiny real encoders.
 
 The upstream stages (mining's `bm25_scores`, training's `base_encoder` and `encoders`) are written here
-to their contracts: a lexical run scored with `lib.scores`, tiny random sentence-transformers folders,
+to their contracts: a lexical run scored with `lib.evaluation.scores`, tiny random sentence-transformers folders,
 and `training.json` files naming real MLflow runs.
 """
 
@@ -18,9 +18,10 @@ import pytest
 
 from hnr_assets.cli import run_demo
 from hnr_assets.definitions import build_defs
-from hnr_assets.lib.beir import load_qrels
-from hnr_assets.lib.scores import score_run, write_scores
+from hnr_assets.lib.data.beir import load_qrels
+from hnr_assets.lib.evaluation.scores import score_run, write_scores
 from hnr_assets.settings import Settings
+from hnr_assets_tests.conftest import materialize, metadata
 from hnr_assets_tests.encoder_fixtures import make_tiny_encoder, write_training_json
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,7 @@ evaluation:
   precision: fp32
   device: cpu
   cache_embeddings: true
-  significance: {baseline: bm25, test: t-test, correction: holm, alpha: 0.05, bootstrap_samples: 200, seed: 0}
+  significance: {baselines: [base-encoder, bm25], test: t-test, correction: holm, alpha: 0.05, bootstrap_samples: 200, seed: 0}
   references:
     - {system: bm25-retrieval, dataset: tiny-a, value: 0.999, tolerance: 0.001, source: made up for the test}
 """
@@ -110,22 +111,6 @@ def _upstream(
     return run_ids
 
 
-def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    (mat,) = result.asset_materializations_for_node(asset)
-    return {k: v.value for k, v in mat.metadata.items()}
-
-
-def _materialize(defs: dg.Definitions, asset: str, partition: str | None, instance=None, **kwargs):
-    return dg.materialize(
-        defs.assets,
-        selection=[asset],
-        partition_key=partition,
-        resources=defs.resources,
-        instance=instance or dg.DagsterInstance.ephemeral(),
-        **kwargs,
-    )
-
-
 def test_full_grid_results_mlflow_and_cache(tmp_path: Path, tiny_mirror: Path, models: dict[int, Path]) -> None:
     settings = _settings(tmp_path, tiny_mirror)
     defs = build_defs(settings)
@@ -155,7 +140,9 @@ def test_full_grid_results_mlflow_and_cache(tmp_path: Path, tiny_mirror: Path, m
     assert table["average"].null_count() == 0
     assert sorted(p.name for p in results_dir.iterdir()) == [
         "averages.png",
+        "direction.csv",
         "heatmap.png",
+        "intervals.png",
         "results.csv",
         "results.md",
         "results.parquet",
@@ -164,24 +151,34 @@ def test_full_grid_results_mlflow_and_cache(tmp_path: Path, tiny_mirror: Path, m
         "significance.csv",
         "significance.parquet",
     ]
-    assert pl.read_csv(results_dir / "significance.csv").height == 7 * 2  # every system but bm25, per dataset
+    significance = pl.read_csv(results_dir / "significance.csv")
+    # per reference (base-encoder, bm25) and dataset: every other system
+    assert significance.height == 2 * 7 * 2
+    assert significance.group_by("baseline", "dataset").len()["len"].to_list() == [7, 7, 7, 7]
 
     # checks of results: complete passes; the reference (made up: 0.999) fails as WARN; the
     # base-encoder gate agrees with the table
-    result = _materialize(defs, "results", None, instance)
+    result = materialize(defs, "results", None, instance)
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["complete"].passed
     assert not checks["reference_scores"].passed
     assert checks["reference_scores"].severity == dg.AssetCheckSeverity.WARN
-    base = table.filter(pl.col("system") == "base-encoder").row(0, named=True)
-    beats = all(
-        2 * sum(r[d] > base[d] for d in ("tiny-a", "tiny-b")) >= 2
-        for r in table.filter(pl.col("kind") == "recipe").iter_rows(named=True)
+    # the gate: at least 2 recipes significantly better than the base encoder on tiny-a (the training dataset)
+    wins = significance.filter(
+        (pl.col("baseline") == "base-encoder")
+        & (pl.col("dataset") == "tiny-a")
+        & pl.col("system").is_in(RECIPES)
+        & pl.col("significant")
+        & (pl.col("delta") > 0)
     )
-    assert checks["recipes_beat_base_encoder"].passed == beats
-    meta = _metadata(result, "results")
+    gate = checks["recipes_beat_base_encoder"]
+    assert gate.passed == (wins.height >= 2)
+    assert sum(gate.metadata[f"significant_wins/{r}"].value for r in RECIPES) == wins.height
+    meta = metadata(result, "results")
     assert meta["cells_missing"] == 0
-    assert "| bm25-retrieval |" in meta["table"] and "(baseline)" in meta["table"]
+    assert "| bm25-retrieval |" in meta["table"] and "bootstrap interval" in meta["table"]
+    assert "Δ vs base-encoder (p)" in meta["comparisons"] and "| llm-g | tiny-a |" in meta["llm_vs_corpus"]
+    assert (results_dir / "results.md").read_text().startswith("Setting: ")
     assert meta["heatmap"].startswith("![nDCG@10 heatmap](data:image/png;base64,")
 
     # MLflow: the encoder's own run carries its scores; one run per baseline; a results run
@@ -206,8 +203,8 @@ def test_full_grid_results_mlflow_and_cache(tmp_path: Path, tiny_mirror: Path, m
 
     # re-scoring reads the cached corpus embeddings and gives the same run
     before = (root / "scores" / "llm-g" / "tiny-a" / "run.parquet").read_bytes()
-    again = _materialize(defs, "scores", "tiny-a|llm-g", instance)
-    meta = _metadata(again, "scores")
+    again = materialize(defs, "scores", "tiny-a|llm-g", instance)
+    meta = metadata(again, "scores")
     assert meta["cache_hit"] is True and meta["query_cache_hit"] is True and meta["model_loaded"] is False
     assert pl.read_parquet(root / "scores" / "llm-g" / "tiny-a" / "run.parquet").equals(
         pl.read_parquet(io_bytes(before))
@@ -226,24 +223,22 @@ def test_results_with_some_scores_missing(tmp_path: Path, tiny_mirror: Path, mod
     _upstream(settings, defs, models, recipes=["bm25"])
     instance = dg.DagsterInstance.ephemeral()
     for key in ("tiny-a|bm25-retrieval", "tiny-a|base-encoder", "tiny-a|bm25"):
-        result = _materialize(defs, "scores", key, instance)
+        result = materialize(defs, "scores", key, instance)
         checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
         assert checks == {"contract": True, "metrics_in_range": True}
-        meta = _metadata(result, "scores")
+        meta = metadata(result, "scores")
         assert 0.0 <= meta["ndcg@10"] <= 1.0 and meta["queries"] == 8
     assert "| query_id | query | rank | doc_id | score | grade |" in meta["sample_hits"]
 
-    result = _materialize(defs, "results", None, instance)
+    result = materialize(defs, "results", None, instance)
     assert result.success
-    meta = _metadata(result, "results")
+    meta = metadata(result, "results")
     assert meta["cells_scored"] == 3 and meta["cells_missing"] == 13
     assert "| llm-g | missing | missing |" in meta["table"].replace(" — (0/2 scored)", "")
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert not checks["complete"].passed and checks["complete"].severity == dg.AssetCheckSeverity.WARN
-    assert (
-        "ce: no dataset where both it and base-encoder are scored"
-        in checks["recipes_beat_base_encoder"].metadata["problems"].value
-    )
+    gate = checks["recipes_beat_base_encoder"].metadata["problems"].value
+    assert "recipes beat base-encoder on tiny-a" in gate and "ce: 0/0" in gate
     table = pl.read_parquet(settings.data_dir / "evaltest" / "results" / "results.parquet")
     assert table.filter(pl.col("system") == "bm25")["average"][0] is None  # tiny-b not scored: no average
     assert math.isnan(table.filter(pl.col("system") == "bm25")["tiny-a"][0]) is False
@@ -254,7 +249,7 @@ def test_missing_encoder_is_a_clear_error(tmp_path: Path, tiny_mirror: Path, mod
     defs = build_defs(settings)
     _upstream(settings, defs, models, recipes=["bm25"])
     with pytest.raises(Exception, match=r"encoders/ce/training\.json is missing: materialize the `encoders` partition"):
-        _materialize(defs, "scores", "tiny-a|ce")
+        materialize(defs, "scores", "tiny-a|ce")
 
 
 def test_blocking_contract_check_fails_on_a_bad_bm25_run(
@@ -263,7 +258,7 @@ def test_blocking_contract_check_fails_on_a_bad_bm25_run(
     settings = _settings(tmp_path, tiny_mirror, top_k=5)
     defs = build_defs(settings)
     _upstream(settings, defs, models, bm25_hits=10, recipes=[])
-    result = _materialize(defs, "scores", "tiny-a|bm25-retrieval", raise_on_error=False)
+    result = materialize(defs, "scores", "tiny-a|bm25-retrieval", raise_on_error=False)
     (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "contract"]
     assert not check.passed
     assert "8 queries have more than 5 hits" in check.metadata["problems"].value

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from hnr_assets.definitions import build_defs
-from hnr_assets.lib.negatives import NEGATIVES_SCHEMA
+from hnr_assets.lib.mining.negatives import NEGATIVES_SCHEMA
 from hnr_assets.settings import BUILTIN_PROFILES_DIR, Settings
 from hnr_assets_tests.openai_server import FakeOpenAIServer
 

@@ -9,16 +9,12 @@ import polars as pl
 import pytest
 
 from hnr_assets.definitions import build_defs
-from hnr_assets.lib.negatives import NEGATIVES_SCHEMA
+from hnr_assets.lib.mining.negatives import NEGATIVES_SCHEMA
 from hnr_assets.settings import Settings
+from hnr_assets_tests.conftest import metadata
 from hnr_assets_tests.fixtures import make_tiny_dataset
 
 MINING = ["bm25_index", "bm25_negatives", "cross_encoder", "ce_negatives"]
-
-
-def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    (mat,) = result.asset_materializations_for_node(asset)
-    return {k: v.value for k, v in mat.metadata.items()}
 
 
 def _checks(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
@@ -59,13 +55,13 @@ def test_mining_assets_materialize_and_pass_their_checks(mined) -> None:
         negatives = pl.read_parquet(root / asset / "negatives.parquet")
         assert dict(negatives.schema) == NEGATIVES_SCHEMA
         assert negatives["source"].unique().to_list() == [asset.split("_")[0]]
-        meta = _metadata(result, asset)
+        meta = metadata(result, asset)
         assert meta["pairs"] == 24 and meta["negatives"] == negatives.height == 24 * 5
         assert meta["pairs_short"] == 0 and meta["short_pairs"] == "none"
         assert "| query | positive | negative_rank |" in meta["sample"]
         assert meta["mlflow_run_id"]
     assert checks[("bm25_index", "contract")].passed
-    assert _metadata(result, "bm25_index")["documents"] == 80
+    assert metadata(result, "bm25_index")["documents"] == 80
     # the tiny random cross-encoder cannot pass the sanity check; it is a WARN there, never blocking
     sanity = checks[("cross_encoder", "sanity")]
     assert sanity.severity == dg.AssetCheckSeverity.WARN
@@ -94,7 +90,7 @@ def test_short_pairs_are_reported_and_warned(test_settings: Settings) -> None:
     coverage = checks[("bm25_negatives", "full_coverage")]
     assert not coverage.passed and coverage.severity == dg.AssetCheckSeverity.WARN
     assert checks[("bm25_negatives", "not_positive")].passed
-    meta = _metadata(result, "bm25_negatives")
+    meta = metadata(result, "bm25_negatives")
     assert meta["pairs_short"] > 0
     assert "BM25 returned only" in meta["short_pairs"] or "positives by id" in meta["short_pairs"]
     stats = pl.read_parquet(test_settings.data_dir / "test" / "bm25_negatives" / "stats.parquet")
@@ -111,7 +107,7 @@ def test_bm25_scores_partition(test_settings: Settings) -> None:
     result = dg.materialize(
         defs.assets, selection=["bm25_scores"], partition_key="tiny-a", resources=defs.resources, instance=instance
     )
-    meta = _metadata(result, "bm25_scores")
+    meta = metadata(result, "bm25_scores")
     folder = test_settings.data_dir / "test" / "bm25_scores" / "tiny-a"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert 0.0 < metrics["ndcg@10"] <= 1.0 and meta["ndcg@10"] == pytest.approx(metrics["ndcg@10"], abs=1e-4)
@@ -129,4 +125,4 @@ def test_bm25_scores_partition(test_settings: Settings) -> None:
     again = dg.materialize(
         defs.assets, selection=["bm25_scores"], partition_key="tiny-a", resources=defs.resources, instance=instance
     )
-    assert _metadata(again, "bm25_scores")["ndcg@10"] == meta["ndcg@10"]
+    assert metadata(again, "bm25_scores")["ndcg@10"] == meta["ndcg@10"]

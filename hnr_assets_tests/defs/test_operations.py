@@ -21,7 +21,7 @@ from hnr_assets.definitions import build_defs
 from hnr_assets.defs import partitions
 from hnr_assets.defs.execution import HEAVY_POOL, POLICIES, combine_check_results, versioned
 from hnr_assets.defs.jobs import REFRESH_SENSOR
-from hnr_assets.lib.prompts import load_prompt
+from hnr_assets.lib.generation.prompts import load_prompt
 from hnr_assets.profiles import load_profile
 from hnr_assets.settings import BUILTIN_PROFILES_DIR, Settings
 

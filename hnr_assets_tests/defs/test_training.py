@@ -20,8 +20,9 @@ import polars as pl
 import pytest
 
 from hnr_assets.definitions import build_defs
-from hnr_assets.lib.ce_filter import false_negative_mask
+from hnr_assets.lib.mining.ce_filter import false_negative_mask
 from hnr_assets.settings import Settings
+from hnr_assets_tests.conftest import materialize, metadata
 from hnr_assets_tests.fixtures import make_tiny_dataset
 from hnr_assets_tests.training_fixtures import single_torch_thread, write_negative_sets
 
@@ -29,22 +30,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GENERATORS = ["tiny-lm-a", "tiny-lm-b"]
 
 one_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)
-
-
-def materialize(defs, asset: str, partition: str | None = None, **kwargs) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        defs.assets,
-        selection=[asset],
-        partition_key=partition,
-        resources=defs.resources,
-        instance=dg.DagsterInstance.ephemeral(),
-        **kwargs,
-    )
-
-
-def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    (mat,) = result.asset_materializations_for_node(asset)
-    return {k: v.value for k, v in mat.metadata.items()}
 
 
 def checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:

@@ -7,12 +7,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from hnr_assets.lib.beir import convert_beir_split, load_qrels
-from hnr_assets.lib.bm25 import ANSERINI_FLAT_NDCG10, REFERENCE_TOLERANCE, BM25Config, hits_to_run, make_engine
-from hnr_assets.lib.metrics import evaluate_run
-from hnr_assets.lib.mining import RankWindow, annotate_hits, query_positives, select_bm25_negatives
-from hnr_assets.lib.negatives import coverage, validate_negatives
-from hnr_assets.lib.pairs import build_pairs
+from hnr_assets.lib.data.beir import convert_beir_split, load_qrels
+from hnr_assets.lib.data.pairs import build_pairs
+from hnr_assets.lib.evaluation.metrics import evaluate_run
+from hnr_assets.lib.mining.negatives import coverage, validate_negatives
+from hnr_assets.lib.mining.selection import RankWindow, annotate_hits, query_positives, select_bm25_negatives
+from hnr_assets.lib.retrieval.base import BM25Config
+from hnr_assets.lib.retrieval.bm25 import ANSERINI_FLAT_NDCG10, REFERENCE_TOLERANCE, hits_to_run, make_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

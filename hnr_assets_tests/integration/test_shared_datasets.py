@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hnr_assets.lib.beir import convert_beir_split
-from hnr_assets.lib.errors import DataValidationError
-from hnr_assets.lib.io import atomic_dir
+from hnr_assets.lib.data.beir import convert_beir_split
+from hnr_assets.lib.runtime.errors import DataValidationError
+from hnr_assets.lib.runtime.io import atomic_dir
 
 pytestmark = pytest.mark.integration
 

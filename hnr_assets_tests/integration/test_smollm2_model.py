@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from hnr_assets.lib.backends import GenerationRequest, Sampling
-from hnr_assets.lib.generator_models import check_model_folder, convert_gguf, packaged_gguf, read_manifest
-from hnr_assets.lib.io import file_sha256
-from hnr_assets.lib.llm_output import ValidationRules, parse_completion, validate_candidates
-from hnr_assets.lib.prompts import load_prompt
-from hnr_assets.resources.generators import TransformersEngine
+from hnr_assets.lib.generation.backends import GenerationRequest, Sampling
+from hnr_assets.lib.generation.engines import TransformersEngine
+from hnr_assets.lib.generation.generator_models import check_model_folder, convert_gguf, packaged_gguf, read_manifest
+from hnr_assets.lib.generation.llm_output import ValidationRules, parse_completion, validate_candidates
+from hnr_assets.lib.generation.prompts import load_prompt
+from hnr_assets.lib.runtime.io import file_sha256
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ import pytest
 from hnr_assets.cli import init_dagster_home
 from hnr_assets.definitions import build_defs
 from hnr_assets.settings import Settings
+from hnr_assets_tests.conftest import materialize as shared_materialize
 from hnr_assets_tests.fixtures import make_tiny_dataset
 from hnr_assets_tests.openai_server import FakeOpenAIServer
 from hnr_assets_tests.reliability.harness import (
@@ -107,14 +108,7 @@ def materialize(settings: Settings, asset: str, partition=None, **kwargs) -> dg.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return dg.materialize(
-            defs.assets,
-            selection=[asset],
-            partition_key=partition,
-            resources=defs.resources,
-            instance=kwargs.pop("instance", None) or dg.DagsterInstance.ephemeral(),
-            **kwargs,
-        )
+        return shared_materialize(defs, asset, partition, **kwargs)
     finally:
         torch.set_num_threads(threads)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from hnr_assets.lib.io import frame_fingerprint
+from hnr_assets.lib.runtime.io import frame_fingerprint
 from hnr_assets.settings import BUILTIN_PROFILES_DIR, Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -233,7 +233,7 @@ import json, os, sys, traceback
 
 os.environ.update(json.loads(sys.argv[1]))
 import dagster, numpy, polars, torch, transformers, sentence_transformers  # the expensive imports, once
-import hnr_assets.definitions, hnr_assets.lib.cross_encoder, hnr_assets.lib.dense, hnr_assets.lib.encoder_training
+import hnr_assets.definitions, hnr_assets.lib.mining.cross_encoder, hnr_assets.lib.retrieval.dense, hnr_assets.lib.training.encoder_training
 
 torch.set_num_threads(1)
 protocol = os.fdopen(os.dup(1), "w")
@@ -417,7 +417,7 @@ def _proc_state(pid: int) -> str | None:
 
 
 def is_tmp(path: Path) -> bool:
-    """A temporary sibling (or something inside one): `.name.tmp-*` (lib.io) or `.shard-*.tmp-*`."""
+    """A temporary sibling (or something inside one): `.name.tmp-*` (lib.runtime.io) or `.shard-*.tmp-*`."""
     return any(part.startswith(".") and ".tmp-" in part for part in path.parts)
 
 

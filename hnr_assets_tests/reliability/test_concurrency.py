@@ -82,7 +82,7 @@ def test_the_same_partition_twice_at_once(seeded: Seeded, zygote, tmp_path: Path
         seeded,
         data_dir,
         [[("scores", key)], [("scores", key)]],
-        "hnr_assets.lib.dense:EmbeddingCache.store",
+        "hnr_assets.lib.retrieval.dense:EmbeddingCache.store",
         tmp_path,
     )
 

@@ -15,7 +15,7 @@ import signal
 import time
 from pathlib import Path
 
-from hnr_assets.lib.io import atomic_dir, atomic_path, remove_stale_tmp
+from hnr_assets.lib.runtime.io import atomic_dir, atomic_path, remove_stale_tmp
 
 WRITERS = 4
 ROUNDS = 25

@@ -11,7 +11,7 @@ Parquet or NumPy file half written into its temporary folder, or training just f
 - MLflow keeps no RUNNING run.
 
 The existing kill tests cover what is not repeated here: the shard store at the library level
-(`lib/test_generation.py`, with request counts) and the MLflow run and registered version of a killed
+(`lib/generation/test_generation.py`, with request counts) and the MLflow run and registered version of a killed
 training (`defs/test_training.py`).
 """
 
@@ -28,7 +28,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from hnr_assets.lib.scores import METRICS
+from hnr_assets.lib.evaluation.scores import METRICS
 from hnr_assets.settings import Settings
 from hnr_assets_tests.reliability.conftest import Seeded, materialize
 from hnr_assets_tests.reliability.harness import (
@@ -147,7 +147,10 @@ CASES = [
         RECIPE,
         f"encoders/{RECIPE}",
         ("training.json",),
-        {"kind": "after", "target": "hnr_assets.lib.encoder_training:train_encoder"},  # trained, not yet renamed
+        {
+            "kind": "after",
+            "target": "hnr_assets.lib.training.encoder_training:train_encoder",
+        },  # trained, not yet renamed
         _encoder_content,
         slow=True,
     ),

@@ -10,8 +10,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hnr_assets.lib.beir import read_corpus, read_qrels, read_queries
-from hnr_assets.lib.errors import DataValidationError
+from hnr_assets.lib.data.beir import read_corpus, read_qrels, read_queries
+from hnr_assets.lib.runtime.errors import DataValidationError
 from hnr_assets.profiles import ProfileError, load_profile
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

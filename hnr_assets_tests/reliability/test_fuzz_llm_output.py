@@ -1,8 +1,8 @@
 """Fuzzing the LLM output path and the negative-set validator.
 
-`lib/test_llm_output.py` fuzzes the parser for exceptions (300 examples). Here, 3,000 generated
+`lib/generation/test_llm_output.py` fuzzes the parser for exceptions (300 examples). Here, 3,000 generated
 completions go through the same path as generation (`parse_completion`, then a `PairValidator` per
-pair, as `lib.generation` does) and every kept passage must be a negative the blocking checks accept:
+pair, as `lib.generation.runner` does) and every kept passage must be a negative the blocking checks accept:
 not empty, not the positive (by the normalised text the `not_positive` check compares), not a
 repeat within its pair. The completions mix the positive itself in disguise (other case, punctuation,
 spacing, full-width letters, inside JSON, numbered lists, thinking blocks and code fences) with valid
@@ -20,8 +20,8 @@ import polars as pl
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from hnr_assets.lib.llm_output import REASONS, PairValidator, ValidationRules, parse_completion
-from hnr_assets.lib.negatives import NEGATIVES_SCHEMA, normalize_text, validate_negatives
+from hnr_assets.lib.generation.llm_output import REASONS, PairValidator, ValidationRules, parse_completion
+from hnr_assets.lib.mining.negatives import NEGATIVES_SCHEMA, normalize_text, validate_negatives
 
 EXAMPLES = 3000
 RULES = ValidationRules()

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hnr_assets.defs.partitions import recipe_partitions, system_dataset_partitions
-from hnr_assets.lib.errors import ConfigError
-from hnr_assets.lib.io import check_safe_name
-from hnr_assets.lib.names import check_model_reference
-from hnr_assets.lib.recipes import GENERATOR_KEY_MAX, derive_recipes, system_keys
+from hnr_assets.lib.runtime.errors import ConfigError
+from hnr_assets.lib.runtime.io import check_safe_name
+from hnr_assets.lib.runtime.names import check_model_reference
+from hnr_assets.lib.training.recipes import GENERATOR_KEY_MAX, derive_recipes, system_keys
 from hnr_assets.profiles import ProfileError, load_profile
 from hnr_assets.settings import BUILTIN_PROFILES_DIR
 

@@ -22,6 +22,7 @@ import pytest
 from hnr_assets.definitions import build_defs
 from hnr_assets.resources.mlflow import HOST, MlflowResource, TrackedRun
 from hnr_assets.settings import Settings
+from hnr_assets_tests.conftest import materialize
 from hnr_assets_tests.ops.servers import ServerProcess, free_port
 from hnr_assets_tests.reliability.conftest import Seeded
 from hnr_assets_tests.reliability.harness import PROFILE, copy_root
@@ -46,16 +47,6 @@ def _server(root: Path, port: int, name: str) -> ServerProcess:
     )
     server.wait_until("/health", lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200, 180, 0.5)
     return server
-
-
-def _materialize(defs: dg.Definitions, mlflow: MlflowResource, asset: str) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        defs.assets,
-        selection=[asset],
-        resources={**defs.resources, "mlflow": mlflow},
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
 
 
 def _error(result: dg.ExecuteInProcessResult) -> str:
@@ -86,7 +77,7 @@ def test_server_unreachable_then_lost_mid_run_then_back(seeded: Seeded, tmp_path
 
     # 1. Nobody listens on the port.
     started = time.monotonic()
-    down = _materialize(defs, mlflow, "bm25_negatives")
+    down = materialize(defs, "bm25_negatives", resources={"mlflow": mlflow}, raise_on_error=False)
     elapsed = time.monotonic() - started
     assert not down.success
     assert f"MLflow at {url} failed to get or create the experiment after {RETRIES} attempts" in _error(down)
@@ -105,7 +96,7 @@ def test_server_unreachable_then_lost_mid_run_then_back(seeded: Seeded, tmp_path
 
     monkeypatch.setattr(TrackedRun, "log_metrics", stop_then_log)
     try:
-        mid = _materialize(defs, mlflow, "bm25_negatives")
+        mid = materialize(defs, "bm25_negatives", resources={"mlflow": mlflow}, raise_on_error=False)
     finally:
         server.stop(grace=5)
     monkeypatch.undo()
@@ -120,7 +111,7 @@ def test_server_unreachable_then_lost_mid_run_then_back(seeded: Seeded, tmp_path
         abandoned = client.get_run(lost["run_id"])
         assert abandoned.info.status == "RUNNING"
         assert abandoned.data.tags["hnr/host"] == HOST
-        again = _materialize(defs, mlflow, "bm25_negatives")
+        again = materialize(defs, "bm25_negatives", resources={"mlflow": mlflow}, raise_on_error=False)
         assert again.success, _error(again)
         runs = {r.info.run_id: r for r in mlflow.find_runs({"asset": "bm25_negatives"}, status=None)}
         new = again.asset_materializations_for_node("bm25_negatives")[0].metadata["mlflow_run_id"].value

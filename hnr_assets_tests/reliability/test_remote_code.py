@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from hnr_assets.lib.cross_encoder import build_tiny_cross_encoder, load_cross_encoder
-from hnr_assets.lib.dense import EncodeOptions, load_encoder
-from hnr_assets.lib.encoder_models import build_tiny_bert, load_sentence_encoder
-from hnr_assets.lib.encoder_training import train_encoder
-from hnr_assets.lib.errors import ConfigError
-from hnr_assets.lib.generator_models import build_tiny_causal_lm
-from hnr_assets.lib.remote_code import own_code
+from hnr_assets.lib.generation.generator_models import build_tiny_causal_lm
+from hnr_assets.lib.mining.cross_encoder import build_tiny_cross_encoder, load_cross_encoder
+from hnr_assets.lib.retrieval.dense import EncodeOptions, load_encoder
+from hnr_assets.lib.runtime.errors import ConfigError
+from hnr_assets.lib.runtime.remote_code import own_code
+from hnr_assets.lib.training.encoder_models import build_tiny_bert, load_sentence_encoder
+from hnr_assets.lib.training.encoder_training import train_encoder
 from hnr_assets.profiles import load_profile
 from hnr_assets.resources.generators import TransformersBackend
 from hnr_assets.settings import BUILTIN_PROFILES_DIR

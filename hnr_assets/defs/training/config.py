@@ -11,7 +11,7 @@ from typing import TypeVar
 import dagster as dg
 from pydantic import BaseModel, Field, ValidationError, create_model
 
-from hnr_assets.lib.errors import ConfigError
+from hnr_assets.lib.runtime.errors import ConfigError
 
 S = TypeVar("S", bound=BaseModel)
 

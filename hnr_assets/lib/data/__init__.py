@@ -1,0 +1,1 @@
+"""Dataset stage: BEIR-layout readers and validators, training pairs, dataset sources and downloads."""

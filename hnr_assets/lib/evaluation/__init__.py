@@ -1,0 +1,1 @@
+"""Evaluation stage: retrieval metrics, score folders, the results table, significance tests and plots."""

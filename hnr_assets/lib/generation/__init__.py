@@ -1,0 +1,1 @@
+"""Generation stage: prompts, completion parser and validator, engines, generator weights, resumable shards."""

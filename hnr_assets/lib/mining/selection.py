@@ -1,0 +1,367 @@
+"""Hard-negative mining from BM25 hits, optionally re-scored by a cross-encoder.
+
+Inputs are the training pairs (`query_id, query, positive_id, positive`), the training qrels (all
+judgements of the split; grade > 0 = positive) and the BM25 hits of each training query
+(`lib.retrieval.bm25.HITS_SCHEMA`). Output is a negative set in the shared long format (`lib.mining.negatives`).
+
+A hit can never be a negative of a query when it is a positive of that query: **every** judged positive
+of the query is excluded, by id and by normalised-text hash (`lib.mining.negatives.text_hash`), so a duplicate
+of a positive stored under another id is caught too. Empty passages and repeats of an earlier hit's text
+are skipped as well. Because the exclusions depend on the query, all pairs of a query share the same
+eligible hits; with the `random` strategy each pair draws its own sample.
+
+Ranks are the hits' ranks in the BM25 list (1 = best). A rank window `first..last` takes negatives
+from those ranks only; excluded hits inside the window are skipped, not replaced from beyond it, so a
+pair can end up short, and the reason is reported (`reason` column of the statistics).
+
+References:
+    Karpukhin et al., Dense Passage Retrieval for Open-Domain Question Answering, EMNLP 2020 (BM25 hard
+    negatives). Moreira et al., NV-Retriever, arXiv 2407.15831 (2024) (positive-aware mining, TopK-PercPos).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from hnr_assets.lib.data.pairs import passage_expr
+from hnr_assets.lib.mining.ce_filter import false_negative_mask
+from hnr_assets.lib.mining.negatives import NEGATIVES_PER_PAIR, NEGATIVES_SCHEMA, text_hash
+from hnr_assets.lib.runtime.errors import ConfigError, DataValidationError
+
+PAIR = ["query_id", "positive_id"]
+STATS_SCHEMA = {
+    "query_id": pl.String,
+    "positive_id": pl.String,
+    "hits": pl.Int32,
+    "in_window": pl.Int32,
+    "positive_id_hits": pl.Int32,
+    "positive_text_hits": pl.Int32,
+    "duplicate_hits": pl.Int32,
+    "empty_hits": pl.Int32,
+    "eligible": pl.Int32,
+    "negatives": pl.Int32,
+    "reason": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class RankWindow:
+    """BM25 ranks `first..last` (inclusive) that negatives are drawn from."""
+
+    first: int = 1
+    last: int = 30
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.first <= self.last:
+            raise ConfigError(f"rank window needs 1 <= first <= last, got {self.first}..{self.last}")
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def passages_for(corpus_path: Path, doc_ids: pl.Series) -> pl.DataFrame:
+    """`doc_id, text, hash` of the given documents (passage text = title + " " + text), read lazily."""
+    wanted = doc_ids.unique()
+    found = (
+        pl.scan_parquet(corpus_path)
+        .filter(pl.col("doc_id").is_in(wanted.implode()))
+        .select("doc_id", passage_expr().alias("text"))
+        .collect()
+    )
+    missing = wanted.len() - found.height
+    if missing:
+        sample = wanted.filter(~wanted.is_in(found["doc_id"].implode())).head(3).to_list()
+        raise DataValidationError(corpus_path, f"{missing} retrieved document ids are not in the corpus, e.g. {sample}")
+    return found.with_columns(pl.col("text").map_elements(text_hash, return_dtype=pl.String).alias("hash"))
+
+
+def query_positives(qrels: pl.DataFrame, corpus_path: Path) -> pl.DataFrame:
+    """Every judged positive (grade > 0) of every query: `query_id, doc_id, hash`."""
+    positives = qrels.filter(pl.col("grade") > 0).select("query_id", "doc_id").unique()
+    texts = passages_for(corpus_path, positives["doc_id"])
+    return positives.join(texts.select("doc_id", "hash"), on="doc_id", how="left")
+
+
+def annotate_hits(hits: pl.DataFrame, positives: pl.DataFrame, corpus_path: Path) -> pl.DataFrame:
+    """Hits with `text`, `hash` and why each one may not be a negative.
+
+    Adds boolean columns `positive_id` (the hit is a judged positive of its query), `positive_text`
+    (same normalised text as one), `empty` (blank passage) and `duplicate` (the text repeats a better-
+    ranked hit of the same query), and `excluded` (any of them).
+    """
+    texts = (
+        passages_for(corpus_path, hits["doc_id"])
+        if hits.height
+        else pl.DataFrame(schema={"doc_id": pl.String, "text": pl.String, "hash": pl.String})
+    )
+    ids = positives.select("query_id", "doc_id", pl.lit(True).alias("positive_id"))
+    hashes = positives.select("query_id", "hash", pl.lit(True).alias("positive_text")).unique()
+    out = (
+        hits.join(texts, on="doc_id", how="left")
+        .join(ids, on=["query_id", "doc_id"], how="left")
+        .join(hashes, on=["query_id", "hash"], how="left")
+        .with_columns(
+            pl.col("positive_id").fill_null(False),
+            pl.col("positive_text").fill_null(False),
+            (pl.col("text").str.strip_chars() == "").alias("empty"),
+        )
+        .sort("query_id", "rank")
+    )
+    clean = ~(pl.col("positive_id") | pl.col("positive_text") | pl.col("empty"))
+    # A duplicate repeats the text of a better-ranked hit that is itself usable.
+    first_clean = out.filter(clean).group_by("query_id", "hash").agg(pl.col("rank").min().alias("_first_rank"))
+    out = (
+        out.join(first_clean, on=["query_id", "hash"], how="left")
+        .with_columns((clean & (pl.col("rank") > pl.col("_first_rank"))).alias("duplicate"))
+        .drop("_first_rank")
+        .with_columns(
+            (pl.col("positive_id") | pl.col("positive_text") | pl.col("empty") | pl.col("duplicate")).alias("excluded")
+        )
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------------------- BM25
+
+
+def _pair_key(seed: int) -> pl.Expr:
+    """A uniform pseudo-random key per (seed, query, positive, document): stable across runs and orders."""
+    prefix = f"{seed}\x1f"
+
+    def key(s: str) -> int:
+        return int.from_bytes(hashlib.blake2b((prefix + s).encode(), digest_size=8).digest(), "big") >> 1
+
+    return (
+        pl.concat_str(["query_id", "positive_id", "doc_id"], separator="\x1f")
+        .map_elements(key, return_dtype=pl.Int64)
+        .alias("_key")
+    )
+
+
+def _reason(stats: pl.DataFrame, window: RankWindow, n: int) -> pl.DataFrame:
+    reason = (
+        pl.when(pl.col("negatives") >= n)
+        .then(pl.lit(None, dtype=pl.String))
+        .when(pl.col("hits") == 0)
+        .then(pl.lit("no BM25 hit for the query"))
+        .when(pl.col("in_window") < window.last - window.first + 1)
+        .then(
+            pl.format(
+                "BM25 returned only {} hits in ranks {}..{}", "in_window", pl.lit(window.first), pl.lit(window.last)
+            )
+        )
+        .otherwise(
+            pl.format(
+                "{} of {} hits in the window are positives by id, {} by text, {} duplicates, {} empty",
+                "positive_id_hits",
+                "in_window",
+                "positive_text_hits",
+                "duplicate_hits",
+                "empty_hits",
+            )
+        )
+    )
+    return stats.with_columns(reason.alias("reason"))
+
+
+def _window_stats(pairs: pl.DataFrame, annotated: pl.DataFrame, window: RankWindow) -> pl.DataFrame:
+    in_window = annotated.filter(pl.col("rank").is_between(window.first, window.last))
+    per_query = in_window.group_by("query_id").agg(
+        pl.len().alias("in_window"),
+        pl.col("positive_id").sum().alias("positive_id_hits"),
+        (pl.col("positive_text") & ~pl.col("positive_id")).sum().alias("positive_text_hits"),
+        pl.col("duplicate").sum().alias("duplicate_hits"),
+        pl.col("empty").sum().alias("empty_hits"),
+        (~pl.col("excluded")).sum().alias("eligible"),
+    )
+    totals = annotated.group_by("query_id").agg(pl.len().alias("hits"))
+    return (
+        pairs.select(PAIR)
+        .join(totals, on="query_id", how="left")
+        .join(per_query, on="query_id", how="left")
+        .fill_null(0)
+    )
+
+
+def _to_negatives(
+    chosen: pl.DataFrame, pairs: pl.DataFrame, source: str, order: list[str], descending: list[bool]
+) -> pl.DataFrame:
+    """Chosen hits (`query_id, positive_id, doc_id, text, score` + order columns) in the shared format."""
+    ranked = chosen.sort([*PAIR, *order], descending=[False, False, *descending]).with_columns(
+        (pl.int_range(pl.len()).over(PAIR) + 1).alias("negative_rank")
+    )
+    out = ranked.join(pairs.select(*PAIR, "query", "positive"), on=PAIR, how="inner").select(
+        "query_id",
+        "positive_id",
+        "query",
+        "positive",
+        "negative_rank",
+        pl.col("doc_id").alias("negative_id"),
+        pl.col("text").alias("negative"),
+        "score",
+        pl.lit(source).alias("source"),
+    )
+    return out.cast(NEGATIVES_SCHEMA).sort(*PAIR, "negative_rank")
+
+
+def select_bm25_negatives(
+    pairs: pl.DataFrame,
+    annotated: pl.DataFrame,
+    *,
+    window: RankWindow,
+    strategy: Literal["top", "random"] = "top",
+    seed: int = 0,
+    n: int = NEGATIVES_PER_PAIR,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Pick up to `n` BM25 negatives per pair.
+
+    Args:
+        pairs: Training pairs.
+        annotated: Hits from `annotate_hits`.
+        window: BM25 ranks to draw from.
+        strategy: `top` takes the best-ranked eligible hits; `random` a seeded uniform sample of the
+            eligible hits in the window (each pair its own), then orders them by BM25 rank.
+        seed: Seed of the `random` strategy.
+        n: Negatives per pair.
+
+    Returns:
+        The negatives (`NEGATIVES_SCHEMA`, source `bm25`, score = BM25 score, negative_rank 1..n in
+        BM25 order; `bm25_ranks` gives each one's rank in the BM25 list) and one statistics row per
+        pair (`STATS_SCHEMA`, with `reason` set for pairs short of `n`).
+    """
+    if strategy not in ("top", "random"):
+        raise ConfigError(f"BM25 negative strategy must be top or random, got {strategy!r}")
+    eligible = annotated.filter(pl.col("rank").is_between(window.first, window.last) & ~pl.col("excluded"))
+    cand = pairs.select(PAIR).join(eligible.select("query_id", "doc_id", "rank", "score", "text"), on="query_id")
+    cand = cand.with_columns(pl.col("rank").alias("_key") if strategy == "top" else _pair_key(seed))
+    chosen = cand.sort([*PAIR, "_key"]).group_by(PAIR, maintain_order=True).head(n)
+    negatives = _to_negatives(chosen, pairs, "bm25", ["rank"], [False])
+    stats = _window_stats(pairs, annotated, window)
+    got = chosen.group_by(PAIR).agg(pl.len().alias("negatives"))
+    stats = stats.join(got, on=PAIR, how="left").with_columns(pl.col("negatives").fill_null(0))
+    stats = _reason(stats, window, n).select(list(STATS_SCHEMA)).cast(STATS_SCHEMA)
+    return negatives, stats
+
+
+def bm25_ranks(negatives: pl.DataFrame, annotated: pl.DataFrame) -> pl.DataFrame:
+    """`query_id, positive_id, negative_rank, retrieval_rank`: where each chosen negative sat in the BM25 list."""
+    return (
+        negatives.select(*PAIR, "negative_rank", "negative_id")
+        .join(
+            annotated.select("query_id", pl.col("doc_id").alias("negative_id"), pl.col("rank").alias("retrieval_rank")),
+            on=["query_id", "negative_id"],
+            how="left",
+        )
+        .drop("negative_id")
+    )
+
+
+# ------------------------------------------------------------------------------------ cross-encoder
+
+
+def ce_candidates(annotated: pl.DataFrame, top_n: int) -> pl.DataFrame:
+    """The eligible hits among the BM25 top `top_n` of each query: `query_id, doc_id, rank, text`."""
+    return annotated.filter((pl.col("rank") <= top_n) & ~pl.col("excluded")).select(
+        "query_id", "doc_id", "rank", "text"
+    )
+
+
+def select_ce_negatives(
+    pairs: pl.DataFrame,
+    candidates: pl.DataFrame,
+    candidate_scores: Sequence[float],
+    positive_scores: Sequence[float],
+    *,
+    relative_margin: float | None,
+    absolute_margin: float | None,
+    n: int = NEGATIVES_PER_PAIR,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Keep, per pair, the `n` candidates the cross-encoder scores highest that pass the false-negative filter.
+
+    Args:
+        pairs: Training pairs.
+        candidates: `ce_candidates(...)` rows, in any order.
+        candidate_scores: Cross-encoder probability of (query, candidate), aligned with `candidates`.
+        positive_scores: Cross-encoder probability of (query, positive), aligned with `pairs`.
+        relative_margin, absolute_margin: The positive-aware rule (`lib.mining.ce_filter.false_negative_mask`).
+        n: Negatives per pair.
+
+    Returns:
+        Negatives (source `ce`, score = cross-encoder probability, negative_rank 1..n by score) and per
+        pair `query_id, positive_id, positive_score, candidates, filtered, negatives`.
+    """
+    if len(candidate_scores) != candidates.height or len(positive_scores) != pairs.height:
+        raise ValueError("scores must align with candidates and pairs")
+    cands = candidates.with_columns(pl.Series("score", np.asarray(candidate_scores, dtype=np.float64))).sort(
+        "query_id", "score", "rank", descending=[False, True, False]
+    )
+    offsets = cands.group_by("query_id", maintain_order=True).agg(pl.len().alias("n"))
+    start: dict[str, tuple[int, int]] = {}
+    pos = 0
+    for qid, count in offsets.iter_rows():
+        start[qid] = (pos, count)
+        pos += count
+    scores = cands["score"].to_numpy()
+    rows, stats = [], []
+    for i, (qid, pid) in enumerate(pairs.select(PAIR).iter_rows()):
+        first, count = start.get(qid, (0, 0))
+        block = scores[first : first + count]
+        drop = false_negative_mask(
+            block, float(positive_scores[i]), relative_margin=relative_margin, absolute_margin=absolute_margin
+        )
+        kept = [first + j for j, d in enumerate(drop) if not d][:n]  # block is sorted by score
+        rows.extend((i, k) for k in kept)
+        stats.append((qid, pid, float(positive_scores[i]), count, int(sum(drop)), len(kept)))
+    if rows:
+        pair_idx, cand_idx = map(list, zip(*rows, strict=True))
+    else:
+        pair_idx, cand_idx = [], []
+    chosen = pl.concat(
+        [
+            pairs.select(PAIR)[pair_idx],
+            cands.select("doc_id", "text", "score", "rank")[cand_idx],
+        ],
+        how="horizontal",
+    )
+    negatives = _to_negatives(chosen, pairs, "ce", ["score", "rank"], [True, False])
+    stat_frame = pl.DataFrame(
+        stats,
+        schema={
+            "query_id": pl.String,
+            "positive_id": pl.String,
+            "positive_score": pl.Float64,
+            "candidates": pl.Int32,
+            "filtered": pl.Int32,
+            "negatives": pl.Int32,
+        },
+        orient="row",
+    )
+    return negatives, stat_frame
+
+
+def short_reason_ce(stats: pl.DataFrame, n: int = NEGATIVES_PER_PAIR) -> pl.DataFrame:
+    """Adds `reason` to the cross-encoder statistics: why a pair has fewer than `n` negatives."""
+    return stats.with_columns(
+        pl.when(pl.col("negatives") >= n)
+        .then(pl.lit(None, dtype=pl.String))
+        .when(pl.col("candidates") == 0)
+        .then(pl.lit("no eligible BM25 candidate"))
+        .when(pl.col("candidates") - pl.col("filtered") < n)
+        .then(
+            pl.format(
+                "{} of {} candidates score too close to (or above) the positive, whose score is {}",
+                "filtered",
+                "candidates",
+                pl.col("positive_score").round_sig_figs(2),
+            )
+        )
+        .otherwise(pl.lit("fewer candidates than negatives"))
+        .alias("reason")
+    )

@@ -1,0 +1,1 @@
+"""Training stage: recipes, training sets, the base encoder and fine-tuning."""
