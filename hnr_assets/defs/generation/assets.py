@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -53,6 +54,7 @@ def generator_models_asset(profile: Profile) -> dg.AssetsDefinition:
         "generator_models",
         profile,
         kinds={"transformers"},
+        code_version="2",  # 2: the backend's own files (a CTranslate2 copy) prepared here
         description=(
             "The weights of one generator (partition = generator key), as a local transformers folder: downloaded "
             "from the model hub, converted once from a GGUF file shipped in a Python package, or a tiny random "
@@ -81,6 +83,8 @@ def generator_models_asset(profile: Profile) -> dg.AssetsDefinition:
             served=served,
             log=context.log.info,
         )
+        if info["path"] is not None:  # files the backend needs besides the weights (a CTranslate2 copy)
+            info["engine"] = generator_backends.for_spec(spec).prepare(Path(info["path"]), context.log.info)
         write_text(json.dumps(info, indent=2), target / GENERATOR_MODEL)
         manifest = info.get("manifest") or {}
         return dg.MaterializeResult(
@@ -92,6 +96,7 @@ def generator_models_asset(profile: Profile) -> dg.AssetsDefinition:
                 "weights": dg.MetadataValue.path(info["path"]) if info["path"] else "served",
                 "parameters": int(manifest.get("parameters", 0)),
                 "path": dg.MetadataValue.path(str(target / GENERATOR_MODEL)),
+                **{f"{k}_files": dg.MetadataValue.path(v["path"]) for k, v in info.get("engine", {}).items()},
                 "seconds": round(time.perf_counter() - started, 2),
             }
         )
@@ -142,6 +147,7 @@ def _plan(spec: GeneratorSpec, gen: GenerationSettings, template: PromptTemplate
         rules=ValidationRules(**gen.validation.model_dump()),
         pairs_per_shard=spec.pairs_per_shard,
         max_positive_words=gen.max_positive_words,
+        retry_factor=spec.retry_factor,
     )
 
 

@@ -9,9 +9,10 @@
   backoff and jitter on timeouts, connection errors, 408/409/429/5xx and malformed answers. The API key
   is never logged.
 
-The request and result types and the pure mappings (sampling per engine, chat payloads) are in
-`lib.generation.backends`; the Dagster resources that build these engines from a profile's generator
-are in `hnr_assets/resources/generators.py`.
+`CTranslate2Engine` (CPU, the `local` profile's) lives with its model conversion in
+`lib.generation.ctranslate2_engine`. The request and result types and the pure mappings (sampling per
+engine, chat payloads) are in `lib.generation.backends`; the Dagster resources that build these engines
+from a profile's generator are in `hnr_assets/resources/generators.py`.
 """
 
 from __future__ import annotations

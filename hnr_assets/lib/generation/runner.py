@@ -14,6 +14,7 @@ Retrieval", arXiv 2504.21015 (five negatives per (query, positive), no corpus ac
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -97,6 +98,8 @@ class GenerationPlan:
         pairs_per_shard: Pairs per shard.
         max_positive_words: Cut the positive in the prompt (None: whole).
         wanted: Negatives per pair (the contract's 5).
+        retry_factor: Completions of a retry: None: `completions` again; x: ceil(x * negatives still
+            missing), at most `completions`.
     """
 
     source: str
@@ -108,6 +111,13 @@ class GenerationPlan:
     pairs_per_shard: int
     max_positive_words: int | None = None
     wanted: int = NEGATIVES_PER_PAIR
+    retry_factor: float | None = None
+
+    def completions_for(self, attempt: int, missing: int) -> int:
+        """Completions to ask for a pair that lacks `missing` negatives at `attempt` (0-based)."""
+        if attempt == 0 or self.retry_factor is None:
+            return self.completions
+        return max(1, min(self.completions, math.ceil(self.retry_factor * missing)))
 
     def signature_settings(self, model_id: str, backend: str, sampling: Sampling, extra: dict | None = None) -> dict:
         """Everything that changes the output, for the shard store's signature."""
@@ -123,6 +133,7 @@ class GenerationPlan:
             "max_positive_words": self.max_positive_words,
             "wanted": self.wanted,
             "sampling": asdict(sampling),
+            **({"retry_factor": self.retry_factor} if self.retry_factor is not None else {}),
             **(extra or {}),
         }
 
@@ -183,7 +194,8 @@ def _requests_for(states: Sequence[_PairState], indices: Sequence[int], plan: Ge
         s = states[i]
         messages = plan.template.messages(s.query, s.positive, plan.max_positive_words)
         seed = request_seed(plan.base_seed, s.query_id, s.positive_id, attempt)
-        requests.append(GenerationRequest(f"{i}:{attempt}", tuple(messages), plan.completions, seed))
+        n = plan.completions_for(attempt, plan.wanted - len(s.validator.kept))
+        requests.append(GenerationRequest(f"{i}:{attempt}", tuple(messages), n, seed))
     return requests
 
 

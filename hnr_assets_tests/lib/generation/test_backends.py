@@ -30,7 +30,13 @@ from hnr_assets.lib.generation.engines import VllmEngine, vllm_prompts
 from hnr_assets.lib.generation.generator_models import build_tiny_tokenizer
 from hnr_assets.lib.runtime.errors import ConfigError
 from hnr_assets.profiles.schema import GeneratorSpec
-from hnr_assets.resources.generators import GeneratorBackendsResource, OpenAIBackend, TransformersBackend, VllmBackend
+from hnr_assets.resources.generators import (
+    CTranslate2Backend,
+    GeneratorBackendsResource,
+    OpenAIBackend,
+    TransformersBackend,
+    VllmBackend,
+)
 
 STUDY = Sampling(temperature=0.6, top_p=0.95, top_k=20, max_tokens=1024)
 # The part of Qwen3's chat template that reads `enable_thinking` (an empty think block turns it off).
@@ -181,7 +187,10 @@ def _spec(**kw) -> GeneratorSpec:
 
 def test_resource_picks_the_backend_and_applies_engine_options() -> None:
     resource = GeneratorBackendsResource(
-        transformers=TransformersBackend(), vllm=VllmBackend(), openai=OpenAIBackend(api_key="k")
+        transformers=TransformersBackend(),
+        vllm=VllmBackend(),
+        openai=OpenAIBackend(api_key="k"),
+        ctranslate2=CTranslate2Backend(),
     )
     assert isinstance(resource.for_spec(_spec()), TransformersBackend)
     assert (
