@@ -48,6 +48,10 @@ NETWORK=hnr_network
 # The label that marks a dockerd started by this script; its value is the daemon's pidfile.
 ENGINE_LABEL=org.hnr.stack.pidfile
 STANDIN_LABEL=org.hnr.standin
+# What this script owns on the host, kept where a killed run cannot lose it (see "engine" below).
+MARK_DIR=${HNR_STACK_MARK_DIR:-/var/lib/hnr-stack}
+ENGINE_RECORD=$MARK_DIR/engine
+STACK_RECORD=$MARK_DIR/stack
 if [[ -x /usr/bin/docker ]]; then DOCKER=/usr/bin/docker; else DOCKER=docker; fi
 export DOCKER_BUILDKIT=0 # the classic builder: BuildKit would fetch the `# syntax=` frontend
 
@@ -71,12 +75,131 @@ as_root() {
 engine_up() { timeout 20 "$DOCKER" version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
 # --------------------------------------------------------------------------------------------- engine
+#
+# What this script owns on the host is recorded in $MARK_DIR, which outlives its processes (a test or a
+# machine's processes killed): `engine` (the pidfile of the dockerd it started, and the host as it was
+# before the first such engine) and `stack` (the stack's containers, volumes and network are this
+# script's). A later `up` or `down` reads them, whatever HNR_STACK_DIR it runs with, to remove what a
+# killed run left: a leftover stack, and the kernel state of a killed engine (mounts, network
+# namespaces, bridges and veths, iptables rules).
+
+# dockerd's default data and exec roots (an engine started here uses them); /var/run is /run.
+DATA_ROOT=/var/lib/docker
+EXEC_ROOT=$(readlink -f /var/run)/docker
 
 # The pidfile of the dockerd that serves the socket, when this script started it (its label says so).
 engine_pidfile() {
     local labels
     labels=$(timeout 20 "$DOCKER" info --format '{{range .Labels}}{{println .}}{{end}}' 2>/dev/null) || return 0
     sed -n "s|^$ENGINE_LABEL=||p" <<<"$labels" | head -n 1
+}
+
+record_get() { sed -n "s|^$2=||p" "$1" 2>/dev/null | head -n 1; }
+
+# The processes of a Docker engine, "PID NAME" a line: dockerd, docker-proxy, and the containerd and
+# shims that dockerd runs (their command lines name its exec root or its `moby` namespace).
+engine_processes() {
+    local dir comm args
+    for dir in /proc/[0-9]*; do
+        comm=$(cat "$dir/comm" 2>/dev/null) || continue
+        case $comm in
+            dockerd | docker-proxy) ;;
+            containerd | containerd-shim*)
+                args=$(tr '\0' ' ' <"$dir/cmdline" 2>/dev/null) || continue
+                [[ $args == *docker/containerd* || $args == *"-namespace moby"* ]] || continue
+                ;;
+            *) continue ;;
+        esac
+        echo "${dir#/proc/} $comm"
+    done
+}
+
+# Mount points an engine made (containers' roots, volume binds, shm, network namespaces), deepest first.
+engine_mounts() {
+    awk -v data="$DATA_ROOT/" -v exec="$EXEC_ROOT/" \
+        'index($5, data) == 1 || index($5, exec) == 1 { print $5 }' /proc/self/mountinfo | sort -ru
+}
+
+# Network links of an engine: veths on its bridges first, then the bridges (docker0, br-<network id>).
+engine_links() {
+    ip -o link show 2>/dev/null | sed -n 's/^[0-9]*: \(veth[^@:]*\)[@:].* master \(docker0\|br-[0-9a-f]\{12\}\) .*/\1/p'
+    ip -o link show 2>/dev/null | sed -n 's/^[0-9]*: \(docker0\|br-[0-9a-f]\{12\}\)[:@].*/\1/p'
+}
+
+# iptables rules of an engine, as `TABLE RULE` lines (RULE as `iptables -S` prints it): its chains'
+# definitions, the rules that jump to them or name its bridges, and the hairpin MASQUERADE of each
+# published port (`-s IP/32 -d IP/32 ... --dport N -j MASQUERADE`, which names neither).
+engine_iptables() {
+    local table
+    local tables
+    tables=$(iptables_tables)
+    for table in $tables; do
+        as_root iptables -t "$table" -S 2>/dev/null |
+            grep -E -- '^-N DOCKER|^-A DOCKER|-j DOCKER|docker0|br-[0-9a-f]{12}|^-A POSTROUTING -s ([0-9.]+)/32 -d \1/32 -p (tcp|udp) -m (tcp|udp) --dport [0-9]+ -j MASQUERADE$' |
+            sed "s/^/$table /" || true
+    done
+}
+
+# The iptables tables in use (with the nf_tables backend /proc/net/ip_tables_names stays empty).
+iptables_tables() { as_root iptables-save 2>/dev/null | sed -n 's/^\*//p' || true; }
+
+# Lines of `iptables-save` that name Docker (the figure docs/stack.md and the test compare).
+iptables_docker_count() { as_root iptables-save 2>/dev/null | grep -ci docker || true; }
+
+# Remove what a killed engine left in the kernel and in its exec root. Only when none of its processes
+# runs (a running engine, or shims that still hold containers, own that state).
+engine_leftovers_clean() {
+    local procs mounts links rules mnt link file pid
+    procs=$(engine_processes)
+    if [[ -n $procs ]]; then
+        log "engine processes run ($(tr '\n' ' ' <<<"$procs")): their mounts, links and rules are left to them"
+        return 0
+    fi
+    mounts=$(engine_mounts)
+    links=$(engine_links)
+    rules=$(engine_iptables)
+    if [[ -z $mounts$links$rules ]] && ! compgen -G "$EXEC_ROOT/netns/*" >/dev/null; then
+        return 0
+    fi
+    log "a killed Docker engine left $(grep -c . <<<"$mounts") mounts, $(grep -c . <<<"$links") links, $(grep -c . <<<"$rules") iptables rules and chains: removing them"
+    while read -r mnt; do
+        [[ -n $mnt ]] || continue
+        as_root umount "$mnt" 2>/dev/null || as_root umount -l "$mnt" || true
+    done <<<"$mounts"
+    for file in "$EXEC_ROOT"/netns/*; do
+        if [[ -e $file ]] && ! mountpoint -q "$file"; then as_root rm -f "$file"; fi
+    done
+    while read -r link; do
+        [[ -n $link ]] || continue
+        as_root ip link delete "$link" 2>/dev/null || true
+    done <<<"$links"
+    iptables_remove
+    # Pidfiles whose process is gone: with its PID reused, dockerd would refuse to start, or take an
+    # unrelated process for its containerd.
+    for file in "$EXEC_ROOT/containerd/containerd.pid:containerd" "/var/run/docker.pid:dockerd"; do
+        pid=$(cat "${file%:*}" 2>/dev/null || true)
+        if [[ -n $pid && $(cat "/proc/$pid/comm" 2>/dev/null) != "${file#*:}" ]]; then as_root rm -f "${file%:*}"; fi
+    done
+}
+
+# Docker's iptables rules removed (those leading to its chains first), then its chains flushed and deleted.
+iptables_remove() {
+    local table rule chain
+    while read -r table rule; do
+        [[ -n $rule && $rule == "-A "* && $rule != "-A DOCKER"* ]] || continue
+        # iptables -S prints each rule as the arguments that made it.
+        eval "as_root iptables -t $table -D ${rule#-A }" 2>/dev/null || true
+    done < <(engine_iptables)
+    local tables
+    tables=$(iptables_tables)
+    for table in $tables; do
+        for chain in $(as_root iptables -t "$table" -S 2>/dev/null | sed -n 's/^-N \(DOCKER[A-Z0-9-]*\)$/\1/p'); do
+            as_root iptables -t "$table" -F "$chain" || true
+        done
+        for chain in $(as_root iptables -t "$table" -S 2>/dev/null | sed -n 's/^-N \(DOCKER[A-Z0-9-]*\)$/\1/p'); do
+            as_root iptables -t "$table" -X "$chain" || true
+        done
+    done
 }
 
 engine_start() {
@@ -92,12 +215,29 @@ engine_start() {
         return 0
     fi
     command -v dockerd >/dev/null 2>&1 || die "dockerd is missing (Debian package docker.io)"
+    local procs
+    procs=$(engine_processes | grep -E ' (dockerd|containerd)$' || true)
+    [[ -z $procs ]] || die "no Docker engine answers on $SOCKET, but these run: $(tr '\n' ' ' <<<"$procs")(starting, or hung: stop them first)"
+    engine_leftovers_clean
     local pidfile=$STATE/dockerd.pid
-    # The host as it was, so that `down` can put it back once this daemon has stopped.
-    {
-        printf 'ip_forward=%s\n' "$(cat /proc/sys/net/ipv4/ip_forward)"
-        printf 'forward_policy=%s\n' "$(as_root iptables -S FORWARD 2>/dev/null | sed -n 's/^-P FORWARD //p')"
-    } >"$STATE/host-before"
+    if [[ -f $pidfile && $(cat "/proc/$(cat "$pidfile")/comm" 2>/dev/null) != dockerd ]]; then rm -f "$pidfile"; fi
+    # The host as it was before the first engine of this script: kept from an engine that was killed
+    # (its leftovers are gone now, but it changed ip_forward and the FORWARD policy), recorded otherwise.
+    as_root mkdir -p "$MARK_DIR"
+    local before
+    if [[ -f $ENGINE_RECORD ]]; then
+        before=$(grep -v '^pidfile=' "$ENGINE_RECORD")
+        log "an engine of an earlier run was killed ($(record_get "$ENGINE_RECORD" pidfile)): the host state from before it is kept"
+    else
+        before=$(
+            printf 'ip_forward=%s\n' "$(cat /proc/sys/net/ipv4/ip_forward)"
+            printf 'forward_policy=%s\n' "$(as_root iptables -S FORWARD 2>/dev/null | sed -n 's/^-P FORWARD //p')"
+            printf 'iptables_docker=%s\n' "$(iptables_docker_count)"
+        )
+    fi
+    printf 'pidfile=%s\n%s\n' "$pidfile" "$before" | as_root tee "$ENGINE_RECORD.tmp" >/dev/null
+    as_root mv "$ENGINE_RECORD.tmp" "$ENGINE_RECORD"
+    printf '%s\n' "$before" >"$STATE/host-before"
     log "starting dockerd (log $STATE/dockerd.log)"
     # In its own session: a Ctrl-C at the terminal reaches the test, which tears down in order, and not
     # the engine underneath it.
@@ -119,7 +259,8 @@ engine_start() {
 engine_stop() {
     local pidfile=$1 pid
     pid=$(cat "$pidfile" 2>/dev/null || true)
-    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+    # Only a dockerd: the PID of a daemon that died may belong to another process by now.
+    if [[ -n $pid && $(cat "/proc/$pid/comm" 2>/dev/null) == dockerd ]]; then
         log "stopping dockerd $pid"
         as_root kill -TERM "$pid"
         local waited=0
@@ -133,37 +274,45 @@ engine_stop() {
             sleep 2
         fi
     fi
-    host_restore "$(dirname "$pidfile")/host-before"
+    # Its containerd and shims end with it; what is left of them after a SIGKILL was started by it.
+    local waited=0 procs
+    while procs=$(engine_processes) && [[ -n $procs ]] && ((waited < 20)); do
+        sleep 1
+        waited=$((waited + 1))
+    done
+    if [[ -n $procs ]]; then
+        log "engine processes left after dockerd: $(tr '\n' ' ' <<<"$procs")(SIGKILL)"
+        # shellcheck disable=SC2046
+        as_root kill -KILL $(cut -d' ' -f1 <<<"$procs") 2>/dev/null || true
+        sleep 1
+    fi
+    host_restore
 }
 
-# Docker's chains, the rules that lead to them or name its bridges, its default bridge, and the
-# ip_forward and FORWARD policy it changed: removed or put back. Called only when no engine runs.
+# After the engine: its leftovers removed, and ip_forward and the FORWARD policy as they were before the
+# first engine of this script; then the record goes. Called only when no engine runs.
 host_restore() {
-    local before=$1 table line chain
-    for table in filter nat; do
-        as_root iptables -t "$table" -S 2>/dev/null | grep -E '^-A ' |
-            grep -E -- '-j DOCKER|docker0|br-[0-9a-f]{12}' | grep -vE '^-A DOCKER' |
-            while read -r line; do
-                # iptables -S prints each rule as the arguments that made it.
-                eval "as_root iptables -t $table -D ${line#-A }" || true
-            done
-        for chain in $(as_root iptables -t "$table" -S 2>/dev/null | sed -n 's/^-N \(DOCKER[A-Z0-9-]*\)$/\1/p'); do
-            as_root iptables -t "$table" -F "$chain" || true
-        done
-        for chain in $(as_root iptables -t "$table" -S 2>/dev/null | sed -n 's/^-N \(DOCKER[A-Z0-9-]*\)$/\1/p'); do
-            as_root iptables -t "$table" -X "$chain" || true
-        done
-    done
-    local link
-    for link in $(ip -o link show 2>/dev/null | sed -n 's/^[0-9]*: \(docker0\|br-[0-9a-f]\{12\}\)[:@].*/\1/p'); do
-        as_root ip link delete "$link" || true
-    done
-    if [[ -f $before ]]; then
-        local forward policy
-        forward=$(sed -n 's/^ip_forward=//p' "$before")
-        policy=$(sed -n 's/^forward_policy=//p' "$before")
-        [[ -z $forward ]] || as_root sysctl -q -w "net.ipv4.ip_forward=$forward" >/dev/null || true
-        [[ -z $policy ]] || as_root iptables -P FORWARD "$policy" || true
+    engine_leftovers_clean
+    local forward policy
+    forward=$(record_get "$ENGINE_RECORD" ip_forward)
+    policy=$(record_get "$ENGINE_RECORD" forward_policy)
+    [[ -z $forward ]] || as_root sysctl -q -w "net.ipv4.ip_forward=$forward" >/dev/null || true
+    [[ -z $policy ]] || as_root iptables -P FORWARD "$policy" || true
+    as_root rm -f "$ENGINE_RECORD"
+}
+
+# What an engine left on the host, one line each (empty when nothing): processes, mounts, network
+# namespaces, links, iptables rules beyond those before it ($1: its `iptables_docker` count).
+host_leftovers() {
+    local before=${1:-0} count
+    engine_processes | sed 's/^/process /'
+    engine_mounts | sed 's/^/mount /'
+    compgen -G "$EXEC_ROOT/netns/*" | sed 's/^/netns file /' || true
+    engine_links | sed 's/^/link /'
+    count=$(iptables_docker_count)
+    if ((count != before)); then
+        echo "iptables: $count lines of iptables-save name Docker (before the engine: $before)"
+        engine_iptables | sed 's/^/iptables -t /'
     fi
 }
 
@@ -450,8 +599,15 @@ cmd_up() {
     step=$(now)
     engine_start
     log "engine ready in $(($(now) - step)) s"
+    if [[ -f $STACK_RECORD ]] || leftover_stack_is_ours; then
+        log "a stack of an earlier run is left (killed before its \`down\`): removing it"
+        remove_stack "$(engine_pidfile)"
+    fi
     check_no_foreign_stack
-    # From here on the stack's network and volumes are this script's: `down` may remove them.
+    # From here on the stack's containers, network and volumes are this script's: `down` removes them,
+    # and so does the next `up` or `down` if this run is killed first.
+    as_root mkdir -p "$MARK_DIR"
+    printf '%s\n' "$STATE" | as_root tee "$STACK_RECORD" >/dev/null
     touch "$STATE/stack.owned"
     # Side by side on a cold machine (debootstrap and pip mostly wait on the network and the disk): the
     # Python base image with the wheelhouse, the Postgres one (needed only at `compose up`) with both
@@ -495,23 +651,51 @@ cmd_up() {
 }
 
 cmd_down() {
-    local started pidfile=""
+    local started pidfile="" before left
     started=$(now)
+    before=$(record_get "$ENGINE_RECORD" iptables_docker)
     if engine_up; then
         pidfile=$(engine_pidfile)
-        if [[ -n $pidfile || -f $STATE/stack.owned ]]; then
+        if [[ -n $pidfile || -f $STATE/stack.owned || -f $STACK_RECORD ]]; then
             remove_stack "$pidfile"
         else
-            log "no stack of this script on the running engine ($STATE/stack.owned is missing): nothing removed"
+            log "no stack of this script on the running engine ($STACK_RECORD is missing): nothing removed"
         fi
+    elif [[ -f $STACK_RECORD || -f $STATE/stack.owned ]] && ! grep -qE ' (dockerd|containerd)$' <<<"$(engine_processes)"; then
+        # Left by a run whose engine was killed: its containers would come back with the next engine
+        # (restart: unless-stopped). An engine of this script's own, just to remove them.
+        log "a stack of this script is left on a stopped engine: starting one to remove it"
+        engine_start
+        pidfile=$(engine_pidfile)
+        remove_stack "$pidfile"
     elif [[ -f $STATE/dockerd.pid ]]; then
         pidfile=$STATE/dockerd.pid # an engine `up` started that no longer answers
+    elif [[ -f $ENGINE_RECORD ]]; then
+        pidfile=$(record_get "$ENGINE_RECORD" pidfile) # one that an earlier run started and lost
     fi
     rm -f "$STATE/stack.env" "$STATE/stack.owned"
+    as_root rm -f "$STACK_RECORD"
     if [[ -n $pidfile ]]; then
         engine_stop "$pidfile"
+        left=$(host_leftovers "${before:-0}")
+        if [[ -n $left ]]; then
+            log "left on the host after the engine:"$'\n'"$left"
+            die "down left the host unclean"
+        fi
+        log "host clean: no engine process, mount, network namespace, bridge or veth; iptables-save names Docker $(iptables_docker_count) times (before the engine: ${before:-0}); ip_forward $(cat /proc/sys/net/ipv4/ip_forward)"
     fi
     log "down in $(($(now) - started)) s"
+}
+
+# Does the engine hold an hnr compose stack whose services run $IMAGE (the tag only this script builds)?
+# Then a run of this script left it without a record (killed before writing it, or an older version).
+leftover_stack_is_ours() {
+    local ids images
+    ids=$("$DOCKER" ps -aq --filter label=com.docker.compose.project=$PROJECT)
+    [[ -n $ids ]] || return 1
+    # shellcheck disable=SC2086
+    images=$("$DOCKER" inspect --format '{{.Config.Image}}' $ids)
+    grep -qxF "$IMAGE" <<<"$images"
 }
 
 # Services, run containers, volumes and network of the stack; on an engine of this script's own

@@ -75,6 +75,13 @@ CONTAINER_EXIT_S = 180
 UI_TIMEOUT_MS = 90_000
 # What an engine started by stack.sh leaves running, when it is not stopped.
 ENGINE_PROCESSES = re.compile(r"^(dockerd|containerd|containerd-shim\S*|docker-proxy|runc)$")
+# ... and in the kernel: mounts under its data and exec roots, its links, its iptables rules (those that
+# name it or its bridges, and the hairpin MASQUERADE of a published port, which names neither).
+ENGINE_MOUNT_ROOTS = ("/var/lib/docker/", "/run/docker/")
+ENGINE_LINKS = re.compile(r"^\d+: (docker0|br-[0-9a-f]{12}|veth\w+)", re.M)
+ENGINE_RULES = re.compile(
+    r"DOCKER|docker0|br-[0-9a-f]{12}|^-A POSTROUTING -s ([0-9.]+)/32 -d \1/32 -p (tcp|udp) -m (tcp|udp) --dport \d+ -j MASQUERADE$"
+)
 
 WORKSPACE_STATUS = """
 { workspaceOrError { __typename
@@ -275,7 +282,7 @@ def _wait(what: str, probe: Callable[[], bool], timeout: float, interval: float 
 
 
 def _leftovers(state: Path, owned_pid: int | None) -> list[str]:
-    """What the stack left on this machine: engine processes, containers, bridges, iptables rules."""
+    """What the stack left on this machine: engine processes, containers, mounts, links, iptables rules."""
     problems = [f"temporary root {p} is left" for p in sorted(Path("/var/tmp").glob("hnr-standin.*"))]
     if owned_pid is not None:
         with contextlib.suppress(ProcessLookupError):
@@ -286,14 +293,23 @@ def _leftovers(state: Path, owned_pid: int | None) -> list[str]:
             pid, _, comm = row.strip().partition(" ")
             if ENGINE_PROCESSES.match(comm.strip()):
                 problems.append(f"process {pid} {comm.strip()} still runs")
-        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+        mounts = Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines()
         problems += [
-            f"network link {m} is left" for m in re.findall(r"^\d+: (docker0|br-[0-9a-f]{12}|veth\w+)", links, re.M)
+            f"mount {row.split()[4]} is left" for row in mounts if row.split()[4].startswith(ENGINE_MOUNT_ROOTS)
         ]
-        for table in ("filter", "nat"):
-            rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True, check=False).stdout
-            problems += [f"iptables -t {table}: {r}" for r in rules.splitlines() if "DOCKER" in r or "docker0" in r]
+        problems += [f"network namespace {p} is left" for p in sorted(Path("/run/docker/netns").glob("*"))]
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+        problems += [f"network link {m} is left" for m in ENGINE_LINKS.findall(links)]
+        saved = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+        problems += [
+            f"iptables: {r}" for r in saved.splitlines() if r.startswith(("-A", "-N")) and ENGINE_RULES.search(r)
+        ]
         before = (state / "host-before").read_text(encoding="utf-8") if (state / "host-before").exists() else ""
+        # `iptables-save | grep -ci docker`, as it was before the engine.
+        named = len([line for line in saved.splitlines() if "docker" in line.lower()])
+        recorded = re.search(r"^iptables_docker=(\d+)", before, re.M)
+        if named != (int(recorded.group(1)) if recorded else 0):
+            problems.append(f"iptables-save names Docker {named} times, {recorded.group(1) if recorded else 0} before")
         forward = re.search(r"^ip_forward=(\d)", before, re.M)
         now = Path("/proc/sys/net/ipv4/ip_forward").read_text(encoding="utf-8").strip()
         if forward and now != forward.group(1):
