@@ -11,13 +11,18 @@
 #                             ENGINE_PIDFILE is empty when the engine was running before.
 #   scripts/stack.sh down     Stack, run containers, volumes and network removed; a dockerd started by
 #                             `up` stopped by its PID, and the host's iptables rules, bridge and
-#                             ip_forward put back as they were. Safe to repeat, and after a failed `up`.
+#                             ip_forward put back as they were; fails if anything of the engine is left.
+#                             Safe to repeat, after a failed `up`, and after a killed run: both `up` and
+#                             `down` remove what a killed engine left (mounts, network namespaces, links,
+#                             iptables rules, its stack), from the records in HNR_STACK_MARK_DIR.
 #   scripts/stack.sh compose ARGS...   docker-compose with the stack's files and settings.
 #   scripts/stack.sh wheelhouse        fill docker/wheelhouse only (see its README).
 #   scripts/stack.sh clean    `down`, then the images and the wheelhouse removed (a cold start next time).
 #
 # Settings (environment):
 #   HNR_STACK_DIR           state: dockerd's pidfile and log, the generated env file (default /tmp/hnr-stack)
+#   HNR_STACK_MARK_DIR      what the script owns on the host, kept across killed runs: the host before its
+#                           engine, and whether a stack of its own is up (default /var/lib/hnr-stack)
 #   HNR_IMAGE               tag of the hnr image (default hnr:stack, so that hnr:latest is left alone)
 #   HNR_DATASETS_HOST_DIR   dataset mirror mounted read-only as the hnr_datasets volume
 #                           (default: HNR_DATASETS_DIR, else ../shared/datasets beside the checkout)
@@ -90,8 +95,21 @@ EXEC_ROOT=$(readlink -f /var/run)/docker
 # The pidfile of the dockerd that serves the socket, when this script started it (its label says so).
 engine_pidfile() {
     local labels
-    labels=$(timeout 20 "$DOCKER" info --format '{{range .Labels}}{{println .}}{{end}}' 2>/dev/null) || return 0
-    sed -n "s|^$ENGINE_LABEL=||p" <<<"$labels" | head -n 1
+    labels=$(timeout 60 "$DOCKER" info --format '{{range .Labels}}{{println .}}{{end}}' 2>/dev/null) || true
+    local pidfile
+    pidfile=$(sed -n "s|^$ENGINE_LABEL=||p" <<<"$labels" | head -n 1)
+    # `docker info` can time out on a busy engine (a prune an interrupted `up` left running): then the
+    # recorded pidfile, or this state's, if it names a live dockerd.
+    if [[ -z $pidfile ]]; then
+        local candidate
+        for candidate in "$(record_get "$ENGINE_RECORD" pidfile)" "$STATE/dockerd.pid"; do
+            if [[ -n $candidate && $(cat "/proc/$(cat "$candidate" 2>/dev/null)/comm" 2>/dev/null) == dockerd ]]; then
+                pidfile=$candidate
+                break
+            fi
+        done
+    fi
+    echo "$pidfile"
 }
 
 record_get() { sed -n "s|^$2=||p" "$1" 2>/dev/null | head -n 1; }
@@ -161,7 +179,7 @@ engine_leftovers_clean() {
     if [[ -z $mounts$links$rules ]] && ! compgen -G "$EXEC_ROOT/netns/*" >/dev/null; then
         return 0
     fi
-    log "a killed Docker engine left $(grep -c . <<<"$mounts") mounts, $(grep -c . <<<"$links") links, $(grep -c . <<<"$rules") iptables rules and chains: removing them"
+    log "left by a stopped or killed Docker engine: $(grep -c . <<<"$mounts") mounts, $(grep -c . <<<"$links") links, $(grep -c . <<<"$rules") iptables rules and chains: removing them"
     while read -r mnt; do
         [[ -n $mnt ]] || continue
         as_root umount "$mnt" 2>/dev/null || as_root umount -l "$mnt" || true
