@@ -18,7 +18,7 @@ HOST ?= 127.0.0.1
 DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 
-.PHONY: install system-deps demo demo-full test lint dev mlflow clean-data
+.PHONY: install system-deps demo demo-full test lint dev mlflow clean-data stack-up stack-down
 
 install: $(VENV)/.installed
 
@@ -31,7 +31,8 @@ $(VENV)/.installed: pyproject.toml Makefile docker/requirements-deploy.txt
 	$(PY) -m pip install -q --no-deps -r docker/requirements-deploy.txt
 	touch $@
 
-# Debian packages the tests drive (chromium, docker-compose), installed with apt-get when missing.
+# Debian packages the tests drive (chromium, docker-compose, docker.io, debootstrap), installed with
+# apt-get when missing.
 system-deps:
 	bash scripts/system-deps.sh
 
@@ -42,6 +43,8 @@ demo: install
 demo-full: install
 	HNR_PROFILE=local-full $(PY) -m hnr_assets.cli demo
 
+# Includes the stack test (hnr_assets_tests/ops/test_stack.py, docs/stack.md): the compose deployment built
+# and run with a Docker engine, as root. HNR_SKIP_STACK=1 skips it on a developer machine; CI never sets it.
 test: install system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -62,3 +65,11 @@ mlflow: install
 
 clean-data:
 	rm -rf $(HNR_DATA_DIR)/$(HNR_PROFILE) $(DAGSTER_HOME)
+
+# The compose deployment on this machine as the stack test brings it up (docs/stack.md); `stack-down`
+# removes it and stops the Docker engine that `stack-up` started.
+stack-up: install
+	PYTHON=$(abspath $(PY)) bash scripts/stack.sh up
+
+stack-down:
+	bash scripts/stack.sh down

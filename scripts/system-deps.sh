@@ -4,8 +4,12 @@
 #   chromium         the browser test (hnr_assets_tests/ops/test_browser.py), through Playwright;
 #   fonts-liberation text in its screenshots;
 #   docker-compose   1.29, validates docker/compose.yaml without a Docker engine (test_docker.py);
-#   strace           records every file the audited pipeline run writes (reliability/test_pipeline_audit.py).
-# --no-install-recommends keeps docker-compose from pulling in the Docker engine (docker.io).
+#   strace           records every file the audited pipeline run writes (reliability/test_pipeline_audit.py);
+#   docker.io        the Docker engine (dockerd, started by scripts/stack.sh) for the stack test
+#                    (hnr_assets_tests/ops/test_stack.py, docs/stack.md);
+#   debootstrap      the stand-in base images that scripts/stack.sh builds where no registry answers.
+# The last two are left out when HNR_SKIP_STACK=1 (a developer's opt-out of the stack test; CI never sets it).
+# --no-install-recommends: docker-compose alone does not pull in the engine, docker.io not git and the like.
 set -euo pipefail
 
 missing=()
@@ -13,6 +17,10 @@ missing=()
 [[ -d /usr/share/fonts/truetype/liberation ]] || missing+=(fonts-liberation)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+if [[ ${HNR_SKIP_STACK:-} != 1 ]]; then
+    [[ -x /usr/sbin/dockerd ]] || command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+    [[ -x /usr/sbin/debootstrap ]] || command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+fi
 
 if ((${#missing[@]} == 0)); then
     exit 0

@@ -1,7 +1,7 @@
 """docker/: the compose files, the Dagster instance config and the images, checked without a Docker engine.
 
-There is no Docker engine on these machines, so nothing here builds an image or starts a container.
-What is checked: Debian's `docker-compose` (1.29) validates and renders the compose files; the rendered
+Nothing here builds an image or starts a container (test_stack.py does, with a real engine). What is
+checked: Debian's `docker-compose` (1.29) validates and renders the compose files; the rendered
 services are wired to each other and to docker/dagster.yaml and docker/workspace.yaml; dagster.yaml
 validates against Dagster's instance schema and the Docker run launcher's own config schema; the GPU
 container context is accepted by dagster-docker and docker-py; hadolint lints the Dockerfiles, every file
@@ -388,6 +388,8 @@ def test_shell_scripts_pass_shellcheck() -> None:
         DOCKER / "mlflow-server.sh",
         DOCKER / "postgres" / "init-mlflow-db.sh",
         REPO_ROOT / "scripts" / "system-deps.sh",
+        REPO_ROOT / "scripts" / "stack.sh",
+        DOCKER / "standins" / "postgres-entrypoint.sh",
     ]
     for script in scripts:
         assert os.access(script, os.X_OK), f"{script} is not executable"
