@@ -53,12 +53,37 @@ def text_hash(text: str) -> str:
     return hashlib.blake2b(normalize_text(text).encode("utf-8"), digest_size=8).hexdigest()
 
 
+def normalized_expr(expr: pl.Expr) -> pl.Expr:
+    """`normalize_text` as a polars expression (native, multi-threaded; no Python call per row).
+
+    NFKC, lower case, every run of characters other than letters, digits and `_` (Python's `\\w`: Unicode
+    categories L* and N*) becomes one space, stripped. Equal to `normalize_text` on every string
+    (checked on random text from 17 Unicode blocks), up to the Unicode versions of Python and polars.
+    """
+    return (
+        expr.fill_null("")
+        .str.normalize("NFKC")
+        .str.to_lowercase()
+        .str.replace_all(r"[^\p{L}\p{N}_]+", " ")
+        .str.strip_chars(" ")
+    )
+
+
+def text_hash_expr(expr: pl.Expr) -> pl.Expr:
+    """A 64-bit hash of the normalised text, as a native polars expression (UInt64).
+
+    Equal for texts whose `normalize_text` is equal, like `text_hash`, but its values are not
+    `text_hash`'s and are stable only within one process (polars' `hash`): compare them, never store them.
+    """
+    return normalized_expr(expr).hash(seed=0x686E72)
+
+
 def empty_negatives() -> pl.DataFrame:
     return pl.DataFrame(schema=NEGATIVES_SCHEMA)
 
 
 def _hash_col(col: str) -> pl.Expr:
-    return pl.col(col).map_elements(text_hash, return_dtype=pl.String)
+    return text_hash_expr(pl.col(col))
 
 
 def validate_negatives(df: pl.DataFrame, *, per_pair: int = NEGATIVES_PER_PAIR) -> dict[str, list[str]]:

@@ -5,6 +5,7 @@ inputs, calls it, writes the outputs atomically and reports metadata, checks and
 """
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -22,21 +23,18 @@ from hnr_assets.defs.execution import each_partition, run_policy
 from hnr_assets.defs.partitions import dataset_partitions
 from hnr_assets.lib.bm25 import ANSERINI_FLAT_NDCG10, REFERENCE_TOLERANCE, IndexHandle, config_dict, hits_to_run
 from hnr_assets.lib.cross_encoder import TINY_RANDOM, read_manifest, sanity_check
-from hnr_assets.lib.io import atomic_dir, frame_fingerprint
+from hnr_assets.lib.io import atomic_dir, file_sha256, frame_fingerprint
 from hnr_assets.lib.metrics import evaluate_run
 from hnr_assets.lib.mining import (
+    MINING_BLOCK_QUERIES,
+    MINING_TABLES,
     RankWindow,
-    annotate_hits,
-    bm25_ranks,
-    ce_candidates,
-    query_positives,
-    select_bm25_negatives,
-    select_ce_negatives,
-    short_reason_ce,
+    mine_bm25_negatives,
+    mine_ce_negatives,
 )
 from hnr_assets.lib.negatives import NEGATIVES_PER_PAIR
-from hnr_assets.lib.progress import Progress
 from hnr_assets.lib.report import md_table
+from hnr_assets.lib.shards import ShardStore
 from hnr_assets.profiles.schema import Profile
 from hnr_assets.resources.bm25 import BM25Resource
 from hnr_assets.resources.cross_encoder import CrossEncoderResource
@@ -61,8 +59,21 @@ def _training(storage: StorageResource) -> dict[str, Path]:
     return files
 
 
-def _training_queries(pairs: pl.DataFrame) -> pl.DataFrame:
-    return pairs.select("query_id", pl.col("query").alias("text")).unique("query_id", maintain_order=True)
+def _index_identity(handle: IndexHandle) -> dict:
+    """What decides an index's hits (engine, analyzer, BM25 parameters, the corpus bytes or prebuilt name)."""
+    keys = ("backend", "stemmer", "keep_stopwords", "k1", "b", "documents", "corpus_sha256", "prebuilt_index")
+    return {key: handle.manifest.get(key) for key in keys}
+
+
+def _mining_store(storage: StorageResource, asset: str, files: dict[str, Path], settings: dict) -> ShardStore:
+    """The resumable blocks of a mining asset: `<profile>/mining_shards/<asset>/<signature>/shard-*`.
+
+    The signature covers the settings and the bytes of the pairs and qrels, so blocks mined from other
+    inputs are never mixed in; the folder is removed once the asset's files are written.
+    """
+    inputs = {name: file_sha256(files[name]) for name in ("pairs", "qrels")}
+    signature = {"asset": asset, "format": 1, "block_queries": MINING_BLOCK_QUERIES, **settings, "inputs": inputs}
+    return ShardStore(storage.asset_dir("mining_shards", asset), signature, MINING_TABLES)
 
 
 def _open_index(bm25: BM25Resource, storage: StorageResource) -> IndexHandle:
@@ -217,28 +228,40 @@ def build_defs(profile: Profile) -> dg.Definitions:
     ) -> dg.MaterializeResult:
         files = _training(storage)
         pairs = pl.read_parquet(files["pairs"])
-        queries = _training_queries(pairs)
         handle = _open_index(bm25, storage)
+        engine = bm25.engine()
         started = time.perf_counter()
-        context.log.info(f"bm25_negatives: retrieving top {window.last} for {queries.height} queries")
-        hits = bm25.engine().search(handle, queries, window.last, context.log.info)
-        search_seconds = time.perf_counter() - started
-        positives = query_positives(pl.read_parquet(files["qrels"]), files["corpus"])
-        annotated = annotate_hits(hits, positives, files["corpus"])
-        negatives, stats = select_bm25_negatives(
-            pairs,
-            annotated,
-            window=window,
-            strategy=mining.bm25_negatives.strategy,
-            seed=mining.bm25_negatives.seed,
+        context.log.info(
+            f"bm25_negatives: top {window.last} for {pairs['query_id'].n_unique()} queries, "
+            f"{MINING_BLOCK_QUERIES} queries per block"
         )
+        settings = {
+            "index": _index_identity(handle),
+            "window": [window.first, window.last],
+            "strategy": mining.bm25_negatives.strategy,
+            "seed": mining.bm25_negatives.seed,
+        }
+        store = _mining_store(storage, "bm25_negatives", files, settings)
+        with store:
+            out = mine_bm25_negatives(
+                pairs,
+                pl.read_parquet(files["qrels"]),
+                files["corpus"],
+                lambda queries, k: engine.search(handle, queries, k, context.log.info),
+                store,
+                window=window,
+                strategy=mining.bm25_negatives.strategy,
+                seed=mining.bm25_negatives.seed,
+                log=context.log.info,
+            )
+        negatives, stats, counts = out["negatives"], out["pairs"], out["counts"]
         target = storage.asset_dir("bm25_negatives")
         with atomic_dir(target) as tmp:
             negatives.write_parquet(tmp / "negatives.parquet", compression="zstd")
             stats.write_parquet(tmp / "stats.parquet", compression="zstd")
-            bm25_ranks(negatives, annotated).write_parquet(tmp / "retrieval_ranks.parquet", compression="zstd")
+            out["ranks"].write_parquet(tmp / "retrieval_ranks.parquet", compression="zstd")
+        shutil.rmtree(store.folder, ignore_errors=True)
         seconds = time.perf_counter() - started
-        excluded = annotated.filter(pl.col("rank") <= window.last)
         return _negative_set_result(
             context,
             "bm25_negatives",
@@ -247,11 +270,14 @@ def build_defs(profile: Profile) -> dg.Definitions:
             stats,
             extra={
                 "backend": handle.manifest["backend"],
-                "hits": hits.height,
-                "hits_excluded_positive_id": int(excluded["positive_id"].sum()),
-                "hits_excluded_positive_text": int((excluded["positive_text"] & ~excluded["positive_id"]).sum()),
-                "hits_excluded_duplicate": int(excluded["duplicate"].sum()),
-                "queries_per_second": round(queries.height / max(search_seconds, 1e-9), 1),
+                "hits": int(counts["hits"].sum()),
+                "hits_excluded_positive_id": int(counts["excluded_positive_id"].sum()),
+                "hits_excluded_positive_text": int(counts["excluded_positive_text"].sum()),
+                "hits_excluded_duplicate": int(counts["excluded_duplicate"].sum()),
+                "blocks": counts.height,
+                "queries_per_second": round(
+                    int(counts["queries"].sum()) / max(counts["search_seconds"].sum(), 1e-9), 1
+                ),
                 "seconds": round(seconds, 2),
             },
             params={
@@ -339,37 +365,46 @@ def build_defs(profile: Profile) -> dg.Definitions:
     ) -> dg.MaterializeResult:
         files = _training(storage)
         pairs = pl.read_parquet(files["pairs"])
-        queries = _training_queries(pairs)
         started = time.perf_counter()
-        hits = bm25.engine().search(_open_index(bm25, storage), queries, ce.candidates, context.log.info)
-        positives = query_positives(pl.read_parquet(files["qrels"]), files["corpus"])
-        candidates = ce_candidates(annotate_hits(hits, positives, files["corpus"]), ce.candidates)
-        candidates = candidates.join(queries.rename({"text": "query"}), on="query_id", how="left")
+        handle = _open_index(bm25, storage)
+        engine = bm25.engine()
         model_dir = storage.asset_dir("cross_encoder")
         scorer = cross_encoder_runtime.load(model_dir)
-        total = candidates.height + pairs.height
         context.log.info(
-            f"ce_negatives: scoring {candidates.height} (query, candidate) and {pairs.height} (query, positive) "
-            f"pairs with {scorer.runtime} at {scorer.max_length} tokens"
+            f"ce_negatives: BM25 top {ce.candidates} of {pairs['query_id'].n_unique()} queries re-scored with "
+            f"{scorer.runtime} at {scorer.max_length} tokens, {MINING_BLOCK_QUERIES} queries per block"
         )
-        progress = Progress("ce_negatives", total, context.log.info, unit="pairs")
-        scoring_started = time.perf_counter()
-        cand_scores = scorer.score(candidates["query"].to_list(), candidates["text"].to_list(), progress.update)
-        pos_scores = scorer.score(pairs["query"].to_list(), pairs["positive"].to_list(), progress.update)
-        scoring_seconds = time.perf_counter() - scoring_started
-        negatives, stats = select_ce_negatives(
-            pairs,
-            candidates,
-            cand_scores,
-            pos_scores,
-            relative_margin=ce.relative_margin,
-            absolute_margin=ce.absolute_margin,
-        )
-        stats = short_reason_ce(stats)
+        settings = {
+            "index": _index_identity(handle),
+            "cross_encoder": read_manifest(model_dir),
+            "runtime": scorer.runtime,
+            "max_length": scorer.max_length,
+            "candidates": ce.candidates,
+            "relative_margin": ce.relative_margin,
+            "absolute_margin": ce.absolute_margin,
+        }
+        store = _mining_store(storage, "ce_negatives", files, settings)
+        with store:
+            out = mine_ce_negatives(
+                pairs,
+                pl.read_parquet(files["qrels"]),
+                files["corpus"],
+                lambda queries, k: engine.search(handle, queries, k, context.log.info),
+                scorer,
+                store,
+                top_n=ce.candidates,
+                relative_margin=ce.relative_margin,
+                absolute_margin=ce.absolute_margin,
+                log=context.log.info,
+            )
+        negatives, stats, counts = out["negatives"], out["pairs"], out["counts"]
         target = storage.asset_dir("ce_negatives")
         with atomic_dir(target) as tmp:
             negatives.write_parquet(tmp / "negatives.parquet", compression="zstd")
             stats.write_parquet(tmp / "stats.parquet", compression="zstd")
+            out["ranks"].write_parquet(tmp / "retrieval_ranks.parquet", compression="zstd")
+        shutil.rmtree(store.folder, ignore_errors=True)
+        total = int(counts["scored_pairs"].sum())
         return _negative_set_result(
             context,
             "ce_negatives",
@@ -381,7 +416,8 @@ def build_defs(profile: Profile) -> dg.Definitions:
                 "runtime": scorer.runtime,
                 "max_length": scorer.max_length,
                 "scored_pairs": total,
-                "pairs_per_second": round(total / max(scoring_seconds, 1e-9), 1),
+                "blocks": counts.height,
+                "pairs_per_second": round(total / max(counts["score_seconds"].sum(), 1e-9), 1),
                 "candidates_filtered_as_likely_positive": int(stats["filtered"].sum()),
                 "mean_positive_score": round(float(stats["positive_score"].mean() or 0.0), 4),
                 "seconds": round(time.perf_counter() - started, 2),
