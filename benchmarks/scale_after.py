@@ -27,7 +27,7 @@ from hnr_assets.lib.training_sets import (  # noqa: F401
 
 def normalize_encoded(matrix):
     """What `lib.dense.encode` does with the matrix it has just filled."""
-    return normalize(matrix)
+    return normalize(matrix, inplace=True)
 
 
 def tokenizing_scorer(max_length: int, batch_size: int):

@@ -6,7 +6,7 @@ them the way main's assets did. Everything not listed here is the package's own 
 
 Copied: `lib.mining.passages_for`, `query_positives`, `annotate_hits`; `lib.negatives.validate_negatives`
 (and its `_hash_col`); `lib.training_sets.apply_ce_filter`, `validate_training_set`; `lib.dense.normalize`;
-`lib.generation.generate_negatives`; `lib.bm25.Bm25sEngine._build` and `_search`;
+`lib.generation.generate_negatives`; `lib.bm25.BM25Engine.search`, `Bm25sEngine._build` and `_search`;
 `lib.cross_encoder.CrossEncoderScorer.score`;
 and the bodies of the `bm25_negatives` and `ce_negatives` assets.
 """
@@ -37,7 +37,17 @@ from scale_after import (  # noqa: F401  (unchanged by the issue: the package's 
 )
 
 from hnr_assets.lib.backends import Engine
-from hnr_assets.lib.bm25 import HITS_SCHEMA, BM25Config, Bm25sEngine, IndexHandle, Log, iter_passages
+from hnr_assets.lib.bm25 import (
+    HITS_SCHEMA,
+    SEARCH_CHUNK_QUERIES,
+    BM25Config,
+    Bm25sEngine,
+    IndexHandle,
+    Log,
+    LuceneEngine,
+    _nolog,
+    iter_passages,
+)
 from hnr_assets.lib.ce_filter import false_negative_mask
 from hnr_assets.lib.cross_encoder import sigmoid
 from hnr_assets.lib.errors import DataValidationError, HnrError
@@ -53,6 +63,7 @@ from hnr_assets.lib.mining import (
 )
 from hnr_assets.lib.negatives import NEGATIVES_PER_PAIR, NEGATIVES_SCHEMA, text_hash
 from hnr_assets.lib.pairs import passage_expr
+from hnr_assets.lib.progress import Progress
 from hnr_assets.lib.shards import ShardStore
 from hnr_assets.lib.training_sets import PAIR, SPLITS, negative_columns, training_set_schema
 
@@ -440,10 +451,41 @@ class Bm25sEngineBefore(Bm25sEngine):
         return hits
 
 
-def make_engine(config: BM25Config):
-    from hnr_assets.lib.bm25 import make_engine as package_engine
+class LuceneEngineBefore(LuceneEngine):
+    """main's Lucene engine: chunks of 50,000 queries whatever the number of hits."""
 
-    return Bm25sEngineBefore(config) if config.backend == "bm25s" else package_engine(config)
+    def search(
+        self,
+        index: IndexHandle,
+        queries: pl.DataFrame,
+        k: int,
+        log: Log = _nolog,
+        chunk_queries: int = SEARCH_CHUNK_QUERIES,
+    ) -> pl.DataFrame:
+        """BM25 top-k hits (`HITS_SCHEMA`) for `queries` (`query_id, text`).
+
+        More than `chunk_queries` queries (MS MARCO's 503k training queries: 41 minutes with one Lucene
+        thread) are searched in chunks, with a progress message (percentage, rate, time left) after each;
+        a chunk costs the engine's fixed start (about 7 s for a JVM), so the chunks are large.
+        """
+        if queries.height <= chunk_queries:
+            return self._search(index, queries, k, log)
+        progress = Progress(f"{self.backend} search", queries.height, log, unit="queries", every_seconds=0)
+        parts = []
+        for start in range(0, queries.height, chunk_queries):
+            chunk = queries.slice(start, chunk_queries)
+            parts.append(self._search(index, chunk, k, _nolog))
+            progress.update(chunk.height)
+        hits = pl.concat(parts)
+        log(f"{self.backend}: {hits.height} hits for {queries.height} queries (k={k}) in {len(parts)} chunks")
+        return hits
+
+
+Bm25sEngineBefore.search = LuceneEngineBefore.search  # main's chunking for both engines
+
+
+def make_engine(config: BM25Config):
+    return Bm25sEngineBefore(config) if config.backend == "bm25s" else LuceneEngineBefore(config)
 
 
 # -------------------------------------------------------------------------------- lib.cross_encoder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,10 @@ import pytest
 from hnr_assets.settings import Settings
 from hnr_assets_tests.fixtures import make_tiny_dataset
 
-SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+# The dataset mirror: HNR_DATASETS_DIR (as the Makefile sets it), else ../shared/datasets beside the checkout.
+SHARED_DATASETS = Path(
+    os.environ.get("HNR_DATASETS_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+)
 
 
 @pytest.fixture

@@ -220,7 +220,9 @@ def build_defs(profile: Profile) -> dg.Definitions:
             f"{NEGATIVES_PER_PAIR} BM25 negatives per training pair from the query's BM25 ranks "
             f"{window.first}..{window.last} (strategy `{mining.bm25_negatives.strategy}`), never a positive of "
             "the query (by id or normalised text), stored with BM25 score; negatives.parquet (shared format), "
-            "stats.parquet (per pair, with the reason when short), retrieval_ranks.parquet."
+            "stats.parquet (per pair, with the reason when short), retrieval_ranks.parquet. Mined "
+            f"{MINING_BLOCK_QUERIES:,} queries at a time, each block a shard under mining_shards/: a killed run "
+            "resumes after its last complete block."
         ),
     )
     def bm25_negatives(
@@ -346,14 +348,16 @@ def build_defs(profile: Profile) -> dg.Definitions:
         group_name=GROUP,
         deps=["cross_encoder", "bm25_index", "training_pairs"],
         kinds={"parquet"},
-        code_version="1",
+        code_version="2",  # 2: retrieval_ranks.parquet
         **run_policy("ce_negatives"),
         check_specs=negative_set_check_specs("ce_negatives", mining.min_full_share),
         description=(
             f"{NEGATIVES_PER_PAIR} cross-encoder negatives per training pair: the BM25 top {ce.candidates} of "
             "the query (positives removed by id and text) re-scored by the cross-encoder; the best are kept "
             f"unless they score too close to the positive (relative margin {ce.relative_margin}, absolute "
-            f"margin {ce.absolute_margin}). negatives.parquet (score = probability), stats.parquet."
+            f"margin {ce.absolute_margin}). negatives.parquet (score = probability), stats.parquet, "
+            f"retrieval_ranks.parquet. Mined and scored {MINING_BLOCK_QUERIES:,} queries at a time, each block a "
+            "shard under mining_shards/: a killed run resumes after its last complete block."
         ),
     )
     def ce_negatives(
