@@ -1173,6 +1173,7 @@ def main() -> None:
     print(f"CPU: {_cpu_name()}, {os.cpu_count()} cores; load average " + " ".join(f"{v:.2f}" for v in loads[0]))
     print(f"busiest processes at the start:\n{_others()}\n", flush=True)
     records: list[dict] = []
+    partial = work / "scale.partial.json"
     for size in sizes:
         prep = run_child(
             {**base_ctx, "stage": "prepare", "variant": "after", "size": size},
@@ -1193,7 +1194,7 @@ def main() -> None:
                 runs = args.repeat if (not repeat_only or stage.name in repeat_only) else 1
                 spec = {**base_ctx, "stage": stage.name, "variant": variant, "size": size}
                 if variant == "before" and stage.before_sizes is not None and size not in stage.before_sizes:
-                    records.append({"ok": False, "error": stage.before_skip, "stage": stage.name, **spec})
+                    records.append({"ok": False, "error": stage.before_skip, **spec})
                     print(f"[{size}] {stage.name} {variant}: {stage.before_skip}", flush=True)
                     continue
                 tries = []
@@ -1204,6 +1205,7 @@ def main() -> None:
                 rec = _merge(tries)
                 rec.update(stage=stage.name, variant=variant, size=size)
                 records.append(rec)
+                partial.write_text(json.dumps(records, indent=1, default=str))  # survives an interrupted run
                 total = sum(rec["steps"].values()) if rec["ok"] else None
                 what = f"{total:.1f} s, peak {_fmt_mib(rec['peak_mib'])}" if rec["ok"] else rec["error"]
                 print(f"[{size}] {stage.name} {variant}: {what} (load {rec['load_before']:.1f})", flush=True)

@@ -30,7 +30,7 @@ import polars as pl
 
 from hnr_assets.lib.ce_filter import false_negative_mask
 from hnr_assets.lib.errors import ConfigError, DataValidationError
-from hnr_assets.lib.negatives import text_hash_expr
+from hnr_assets.lib.negatives import hash_texts
 
 PAIR = ["query_id", "positive_id"]
 SPLITS = ("train", "validation")
@@ -332,9 +332,9 @@ def validate_training_set(rows: pl.DataFrame, per_row: int) -> dict[str, list[st
     if unknown:
         problems["schema"].append(f"{unknown} rows have a split other than {SPLITS}")
 
-    hashes = rows.select(text_hash_expr(pl.col(c)).alias(c) for c in ["positive", *negative_columns(per_row)])
+    positive = hash_texts(rows["positive"])
     for col in negative_columns(per_row):
-        same = (hashes[col] == hashes["positive"]).sum()
+        same = (hash_texts(rows[col]) == positive).sum()
         if same:
             problems["not_positive"].append(f"{same} rows have {col} equal to their positive (normalised text)")
 
