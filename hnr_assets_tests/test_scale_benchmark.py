@@ -44,7 +44,7 @@ def test_scale_benchmark_smallest_size(shared_datasets: Path, tmp_path: Path) ->
     report = json.loads(out.read_text())
     records = report["records"]
     stages = {r["stage"] for r in records}
-    assert len(stages) == 13 and {r["variant"] for r in records} == {"before", "after"}
+    assert len(stages) == 12 and {r["variant"] for r in records} == {"before", "after"}
     failed = [(r["stage"], r["variant"], r.get("error")) for r in records if not r["ok"]]
     assert not failed
     for r in records:
