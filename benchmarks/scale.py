@@ -1128,7 +1128,7 @@ def _others() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"comma list of {', '.join(SIZES)}")
-    parser.add_argument("--stages", default="", help="comma list of stage names (default: all)")
+    parser.add_argument("--stages", default="", help="comma list of stage names, run in this order (default: all)")
     parser.add_argument("--variants", default="before,after", help="variants to run where a stage has them")
     parser.add_argument(
         "--before-sizes",
@@ -1149,7 +1149,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (median seconds, max RSS)")
     parser.add_argument("--repeat-stages", default="", help="only these stages are repeated (default: all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="write every record here (default: <work>/scale.json)")
+    parser.add_argument("--json", type=Path, help="records (default <work>/scale.json; NAME.partial.json as it goes)")
     parser.add_argument("--markdown", type=Path, help="write the tables here too")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -1183,7 +1183,8 @@ def main() -> None:
         missing = [w for w in wanted if w not in {s.name for s in stages}]
         if missing:
             raise SystemExit(f"unknown stages {missing}: {', '.join(s.name for s in stages)}")
-        stages = [s for s in stages if s.name in wanted]
+        by_name = {s.name: s for s in stages}
+        stages = [by_name[w] for w in wanted]  # in the order given
     variants = set(args.variants.split(","))
     repeat_only = set(filter(None, args.repeat_stages.split(",")))
     work = args.work.resolve()
@@ -1201,7 +1202,7 @@ def main() -> None:
     print(f"CPU: {_cpu_name()}, {os.cpu_count()} cores; load average " + " ".join(f"{v:.2f}" for v in loads[0]))
     print(f"busiest processes at the start:\n{_others()}\n", flush=True)
     records: list[dict] = []
-    partial = work / "scale.partial.json"
+    partial = (args.json or work / "scale.json").with_suffix(".partial.json")
     for size in sizes:
         prep = run_child(
             {**base_ctx, "stage": "prepare", "variant": "after", "size": size},
