@@ -1005,8 +1005,9 @@ def summarize(stage: Stage, variant: str, records: list[dict]) -> Summary:
         "paper_python_mib": _project(py, mem_paper),
         "paper_jvm_mib": _project(jvm, mem_paper) if jvm_used else 0.0,
     }
-    rss["paper_mib"] = (rss["paper_python_mib"] or 0.0) + (rss["paper_jvm_mib"] or 0.0) if ok else None
-    return Summary(stage.name, variant, [r["size"] for r in ok], steps, rss, total_paper if ok else None, failed)
+    grows = len(ok) >= 2  # one size says nothing about growth: no projection
+    rss["paper_mib"] = (rss["paper_python_mib"] or 0.0) + (rss["paper_jvm_mib"] or 0.0) if grows else None
+    return Summary(stage.name, variant, [r["size"] for r in ok], steps, rss, total_paper if grows else None, failed)
 
 
 def _fmt_s(seconds: float | None) -> str:
