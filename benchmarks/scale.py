@@ -185,6 +185,25 @@ def prepare(ctx: dict) -> dict:
     return out
 
 
+def _not_positive(docs, corpus, base):
+    """Corpus rows drawn as negatives, each moved to the next row while its text equals the pair's
+    positive (the synthetic corpus repeats 2 % of its texts, so a random draw can copy the positive)."""
+    import numpy as np
+    import polars as pl
+
+    from hnr_assets.lib.mining.negatives import text_hash_expr
+
+    hashes = corpus.select(text_hash_expr(pl.col("text")).alias("h"))["h"].to_numpy()
+    positive = base.select(text_hash_expr(pl.col("positive")).alias("h"))["h"].to_numpy()
+    docs = np.asarray(docs)
+    for _ in range(100):
+        clash = hashes[docs] == positive
+        if not clash.any():
+            return docs
+        docs[clash] = (docs[clash] + 1) % len(hashes)
+    raise RuntimeError("could not draw negatives that differ from their positives")
+
+
 def _negative_sets(folder: Path, pairs, corpus_path: Path, lang, rng) -> None:
     """Six negative sets in the shared format (bm25, ce: corpus passages; llm-g1..4: written) and the
     cross-encoder scores of each LLM set, as their assets would store them; 3 % of pairs are short."""
@@ -206,7 +225,7 @@ def _negative_sets(folder: Path, pairs, corpus_path: Path, lang, rng) -> None:
     pool = scale_data.llm_passages(lang, rng, min(200_000, 5 * n_pairs))
     for source in ("bm25", "ce", *(f"llm-{g}" for g in GENERATORS)):
         if source in ("bm25", "ce"):
-            docs = rng.integers(0, corpus.height, size=len(pair_idx))
+            docs = _not_positive(rng.integers(0, corpus.height, size=len(pair_idx)), corpus, base)
             picked = corpus[docs]
             neg_id, neg_text = picked["doc_id"], picked["text"]
             score = pl.Series(rng.random(len(pair_idx)) * 30.0)
@@ -247,7 +266,9 @@ def _dense_and_scores_inputs(base: Path, pairs, queries: int, rng) -> None:
     qids = pairs["query_id"].unique(maintain_order=True).to_numpy()[:queries]
     n = len(qids)
     k = SCORES_TOP_K
-    docs = rng.integers(0, 10 * n, size=(n, k))
+    # k distinct documents a query (a run lists a document once): a random start, then a prime stride that
+    # does not divide the id range, so no two of the k ids collide.
+    docs = (rng.integers(0, 10 * n, size=(n, 1)) + 7919 * np.arange(k)[None, :]) % (10 * n)
     run = pl.DataFrame(
         {
             "query_id": np.repeat(qids, k),
