@@ -79,6 +79,10 @@ class Layout:
         """The folder an asset (partition) writes, replaced atomically as a whole."""
         return self.storage.asset_dir(asset, *partition)
 
+    def mining_shards(self, asset: str) -> Path:
+        """`mining_shards/<asset>/`: the resumable blocks of `bm25_negatives` or `ce_negatives` while they run."""
+        return self.storage.asset_dir("mining_shards", asset)
+
     def input(self, asset: str, *partition: str, name: str = "") -> Input:
         """A file (`name`) or the folder of an asset partition, as something to read."""
         folder = self.folder(asset, *partition)

@@ -5,6 +5,7 @@ inputs, calls it, writes the outputs atomically and reports metadata, checks and
 """
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,23 +20,20 @@ from hnr_assets.defs.execution import each_partition, hnr_asset
 from hnr_assets.defs.layout import NEGATIVES, RETRIEVAL_RANKS, STATS, Layout
 from hnr_assets.lib.data.beir import load_qrels
 from hnr_assets.lib.evaluation.scores import score_run, validate_run, write_scores
+from hnr_assets.lib.generation.shards import ShardStore
 from hnr_assets.lib.mining.cross_encoder import read_manifest, sanity_check
 from hnr_assets.lib.mining.negatives import NEGATIVES_PER_PAIR
 from hnr_assets.lib.mining.selection import (
+    MINING_BLOCK_QUERIES,
+    MINING_TABLES,
     RankWindow,
-    annotate_hits,
-    bm25_ranks,
-    ce_candidates,
-    query_positives,
-    select_bm25_negatives,
-    select_ce_negatives,
-    short_reason_ce,
+    mine_bm25_blocks,
+    mine_ce_blocks,
 )
 from hnr_assets.lib.retrieval.base import IndexHandle
 from hnr_assets.lib.retrieval.bm25 import ANSERINI_FLAT_NDCG10, REFERENCE_TOLERANCE, config_dict
-from hnr_assets.lib.runtime.io import atomic_dir, frame_fingerprint
+from hnr_assets.lib.runtime.io import atomic_dir, file_sha256, frame_fingerprint
 from hnr_assets.lib.runtime.models import TINY_RANDOM
-from hnr_assets.lib.runtime.progress import Progress
 from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.profiles.schema import Profile
 from hnr_assets.resources.bm25 import BM25Resource
@@ -64,8 +62,21 @@ def _training(storage: StorageResource, where: str) -> dict[str, Path]:
     return {name: layout.training_pairs(name).require(where) for name in ("pairs", "corpus", "qrels")}
 
 
-def _training_queries(pairs: pl.DataFrame) -> pl.DataFrame:
-    return pairs.select("query_id", pl.col("query").alias("text")).unique("query_id", maintain_order=True)
+def _index_identity(handle: IndexHandle) -> dict:
+    """What decides an index's hits (engine, analyzer, BM25 parameters, the corpus bytes or prebuilt name)."""
+    keys = ("backend", "stemmer", "keep_stopwords", "k1", "b", "documents", "corpus_sha256", "prebuilt_index")
+    return {key: handle.manifest.get(key) for key in keys}
+
+
+def _mining_store(storage: StorageResource, asset: str, files: dict[str, Path], settings: dict) -> ShardStore:
+    """The resumable blocks of a mining asset (`Layout.mining_shards`), keyed by a signature.
+
+    The signature covers the settings and the bytes of the pairs and qrels, so blocks mined from other
+    inputs are never mixed in; the folder is removed once the asset's files are written.
+    """
+    inputs = {name: file_sha256(files[name]) for name in ("pairs", "qrels")}
+    signature = {"asset": asset, "format": 1, "block_queries": MINING_BLOCK_QUERIES, **settings, "inputs": inputs}
+    return ShardStore(Layout(storage).mining_shards(asset), signature, MINING_TABLES)
 
 
 def _open_index(bm25: BM25Resource, storage: StorageResource) -> IndexHandle:
@@ -222,7 +233,9 @@ def bm25_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
             f"{NEGATIVES_PER_PAIR} BM25 negatives per training pair from the query's BM25 ranks "
             f"{window.first}..{window.last} (strategy `{mining.bm25_negatives.strategy}`), never a positive of "
             "the query (by id or normalised text), stored with BM25 score; negatives.parquet (shared format), "
-            "stats.parquet (per pair, with the reason when short), retrieval_ranks.parquet."
+            "stats.parquet (per pair, with the reason when short), retrieval_ranks.parquet. Mined "
+            f"{MINING_BLOCK_QUERIES:,} queries at a time, each block a shard under mining_shards/: a killed run "
+            "resumes after its last complete block."
         ),
     )
     def bm25_negatives(
@@ -237,31 +250,43 @@ def bm25_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
 def mine_bm25_negatives(
     profile: Profile, window: RankWindow, context, storage: StorageResource, bm25: BM25Resource
 ) -> MinedSet:
-    """The body of `bm25_negatives`."""
+    """The body of `bm25_negatives`: `lib.mining.selection.mine_bm25_blocks`, a shard per block of queries."""
     settings = profile.mining.bm25_negatives
     files = _training(storage, "bm25_negatives")
     pairs = pl.read_parquet(files["pairs"])
-    queries = _training_queries(pairs)
     handle = _open_index(bm25, storage)
+    engine = bm25.engine()
     started = time.perf_counter()
-    context.log.info(f"bm25_negatives: retrieving top {window.last} for {queries.height} queries")
-    hits = bm25.engine().search(handle, queries, window.last, context.log.info)
-    search_seconds = time.perf_counter() - started
-    positives = query_positives(pl.read_parquet(files["qrels"]), files["corpus"])
-    annotated = annotate_hits(hits, positives, files["corpus"])
-    negatives, stats = select_bm25_negatives(
-        pairs, annotated, window=window, strategy=settings.strategy, seed=settings.seed
+    context.log.info(
+        f"bm25_negatives: top {window.last} for {pairs['query_id'].n_unique()} queries, "
+        f"{MINING_BLOCK_QUERIES} queries per block"
     )
+    signature = {"index": _index_identity(handle), "window": [window.first, window.last], **settings.model_dump()}
+    store = _mining_store(storage, "bm25_negatives", files, signature)
+    with store:
+        out = mine_bm25_blocks(
+            pairs,
+            pl.read_parquet(files["qrels"]),
+            files["corpus"],
+            lambda queries, k: engine.search(handle, queries, k, context.log.info),
+            store,
+            window=window,
+            strategy=settings.strategy,
+            seed=settings.seed,
+            log=context.log.info,
+        )
+    negatives, stats, counts = out["negatives"], out["pairs"], out["counts"]
     target = Layout(storage).folder("bm25_negatives")
-    _write_negative_set(target, negatives, stats, **{RETRIEVAL_RANKS: bm25_ranks(negatives, annotated)})
-    excluded = annotated.filter(pl.col("rank") <= window.last)
+    _write_negative_set(target, negatives, stats, **{RETRIEVAL_RANKS: out["ranks"]})
+    shutil.rmtree(store.folder, ignore_errors=True)
     extra = {
         "backend": handle.manifest["backend"],
-        "hits": hits.height,
-        "hits_excluded_positive_id": int(excluded["positive_id"].sum()),
-        "hits_excluded_positive_text": int((excluded["positive_text"] & ~excluded["positive_id"]).sum()),
-        "hits_excluded_duplicate": int(excluded["duplicate"].sum()),
-        "queries_per_second": round(queries.height / max(search_seconds, 1e-9), 1),
+        "hits": int(counts["hits"].sum()),
+        "hits_excluded_positive_id": int(counts["excluded_positive_id"].sum()),
+        "hits_excluded_positive_text": int(counts["excluded_positive_text"].sum()),
+        "hits_excluded_duplicate": int(counts["excluded_duplicate"].sum()),
+        "blocks": counts.height,
+        "queries_per_second": round(int(counts["queries"].sum()) / max(counts["search_seconds"].sum(), 1e-9), 1),
         "seconds": round(time.perf_counter() - started, 2),
     }
     return MinedSet(target, pairs, stats, extra, {**config_dict(bm25.config()), **settings.model_dump()})
@@ -324,12 +349,15 @@ def ce_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
         profile,
         deps=["cross_encoder", "bm25_index", "training_pairs"],
         kinds={"parquet"},
+        code_version="2",  # 2: retrieval_ranks.parquet
         checks=negative_set_checks(profile.mining.min_full_share),
         description=(
             f"{NEGATIVES_PER_PAIR} cross-encoder negatives per training pair: the BM25 top {ce.candidates} of "
             "the query (positives removed by id and text) re-scored by the cross-encoder; the best are kept "
             f"unless they score too close to the positive (relative margin {ce.relative_margin}, absolute "
-            f"margin {ce.absolute_margin}). negatives.parquet (score = probability), stats.parquet."
+            f"margin {ce.absolute_margin}). negatives.parquet (score = probability), stats.parquet, "
+            f"retrieval_ranks.parquet. Mined and scored {MINING_BLOCK_QUERIES:,} queries at a time, each block a "
+            "shard under mining_shards/: a killed run resumes after its last complete block."
         ),
     )
     def ce_negatives(
@@ -348,45 +376,52 @@ def ce_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
 def mine_ce_negatives(
     profile: Profile, context, storage: StorageResource, bm25: BM25Resource, runtime: CrossEncoderResource
 ) -> MinedSet:
-    """The body of `ce_negatives`."""
+    """The body of `ce_negatives`: `lib.mining.selection.mine_ce_blocks`, a shard per block of queries."""
     ce = profile.mining.ce_negatives
     files = _training(storage, "ce_negatives")
     pairs = pl.read_parquet(files["pairs"])
-    queries = _training_queries(pairs)
     started = time.perf_counter()
-    hits = bm25.engine().search(_open_index(bm25, storage), queries, ce.candidates, context.log.info)
-    positives = query_positives(pl.read_parquet(files["qrels"]), files["corpus"])
-    candidates = ce_candidates(annotate_hits(hits, positives, files["corpus"]), ce.candidates)
-    candidates = candidates.join(queries.rename({"text": "query"}), on="query_id", how="left")
+    handle = _open_index(bm25, storage)
+    engine = bm25.engine()
     model_dir = Layout(storage).input("cross_encoder").require("ce_negatives")
     scorer = runtime.load(model_dir)
-    total = candidates.height + pairs.height
     context.log.info(
-        f"ce_negatives: scoring {candidates.height} (query, candidate) and {pairs.height} (query, positive) "
-        f"pairs with {scorer.runtime} at {scorer.max_length} tokens"
+        f"ce_negatives: BM25 top {ce.candidates} of {pairs['query_id'].n_unique()} queries re-scored with "
+        f"{scorer.runtime} at {scorer.max_length} tokens, {MINING_BLOCK_QUERIES} queries per block"
     )
-    progress = Progress("ce_negatives", total, context.log.info, unit="pairs")
-    scoring_started = time.perf_counter()
-    cand_scores = scorer.score(candidates["query"].to_list(), candidates["text"].to_list(), progress.update)
-    pos_scores = scorer.score(pairs["query"].to_list(), pairs["positive"].to_list(), progress.update)
-    scoring_seconds = time.perf_counter() - scoring_started
-    negatives, stats = select_ce_negatives(
-        pairs,
-        candidates,
-        cand_scores,
-        pos_scores,
-        relative_margin=ce.relative_margin,
-        absolute_margin=ce.absolute_margin,
-    )
-    stats = short_reason_ce(stats)
+    signature = {
+        "index": _index_identity(handle),
+        "cross_encoder": read_manifest(model_dir),
+        "runtime": scorer.runtime,
+        "max_length": scorer.max_length,
+        **ce.model_dump(),
+    }
+    store = _mining_store(storage, "ce_negatives", files, signature)
+    with store:
+        out = mine_ce_blocks(
+            pairs,
+            pl.read_parquet(files["qrels"]),
+            files["corpus"],
+            lambda queries, k: engine.search(handle, queries, k, context.log.info),
+            scorer,
+            store,
+            top_n=ce.candidates,
+            relative_margin=ce.relative_margin,
+            absolute_margin=ce.absolute_margin,
+            log=context.log.info,
+        )
+    negatives, stats, counts = out["negatives"], out["pairs"], out["counts"]
     target = Layout(storage).folder("ce_negatives")
-    _write_negative_set(target, negatives, stats)
+    _write_negative_set(target, negatives, stats, **{RETRIEVAL_RANKS: out["ranks"]})
+    shutil.rmtree(store.folder, ignore_errors=True)
+    total = int(counts["scored_pairs"].sum())
     extra = {
         "cross_encoder": read_manifest(model_dir).get("model", profile.cross_encoder.model),
         "runtime": scorer.runtime,
         "max_length": scorer.max_length,
         "scored_pairs": total,
-        "pairs_per_second": round(total / max(scoring_seconds, 1e-9), 1),
+        "blocks": counts.height,
+        "pairs_per_second": round(total / max(counts["score_seconds"].sum(), 1e-9), 1),
         "candidates_filtered_as_likely_positive": int(stats["filtered"].sum()),
         "mean_positive_score": round(float(stats["positive_score"].mean() or 0.0), 4),
         "seconds": round(time.perf_counter() - started, 2),

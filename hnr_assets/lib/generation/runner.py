@@ -323,11 +323,8 @@ def generate_negatives(
     started = time.perf_counter()
     report = RunReport(pairs_total=pairs.height)
     done = store.done_pairs()
-    todo = pairs.filter(
-        ~pl.struct("query_id", "positive_id").map_elements(
-            lambda s: (s["query_id"], s["positive_id"]) in done, return_dtype=pl.Boolean
-        )
-    )
+    done_frame = pl.DataFrame(sorted(done), schema={"query_id": pl.String, "positive_id": pl.String}, orient="row")
+    todo = pairs.join(done_frame, on=["query_id", "positive_id"], how="anti", maintain_order="left")
     report.pairs_skipped = pairs.height - todo.height
     if report.pairs_skipped:
         log(f"{plan.source}: {report.pairs_skipped} of {pairs.height} pairs already done in {store.folder}")

@@ -7,7 +7,8 @@ scorer whose `score(queries, passages)` gives sigmoid probabilities in [0, 1] (t
 false-negative filter, `lib.mining.ce_filter`, needs probabilities, not logits).
 
 Speed: pairs are tokenised once, sorted by length and batched, so a batch is padded to its own longest
-pair, not to the longest of all; results come back in input order.
+pair, not to the longest of all; results come back in input order. Memory: this happens a chunk of
+`chunk_pairs` pairs at a time, so scoring MS MARCO's 50M candidates holds 16k pairs' tokens, not 50M.
 
 Where the models come from (`fetch_cross_encoder`):
 - a Hugging Face hub id (`cross-encoder/ms-marco-MiniLM-L-6-v2`, the study's), downloaded with
@@ -97,6 +98,8 @@ class CrossEncoderScorer(ABC):
     """
 
     runtime: str = ""
+    # Pairs tokenised, length-sorted and batched together; bounds the memory of `score` at any n.
+    chunk_pairs: int = 16_384
 
     def __init__(self, max_length: int = 256, batch_size: int = 32) -> None:
         if max_length < 8 or batch_size < 1:
@@ -130,26 +133,27 @@ class CrossEncoderScorer(ABC):
         if len(queries) != len(passages):
             raise ValueError(f"{len(queries)} queries but {len(passages)} passages")
         n = len(queries)
-        if n == 0:
-            return np.zeros(0, dtype=np.float64)
-        encoded = self._encode(queries, passages)
-        lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=n)
-        order = np.argsort(-lengths, kind="stable")  # longest first: the slowest batch shows up early
         logits = np.empty(n, dtype=np.float64)
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            width = int(lengths[idx].max())
-            input_ids = np.zeros((len(idx), width), dtype=np.int64)
-            type_ids = np.zeros((len(idx), width), dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                ids, types = encoded[i]
-                input_ids[row, : len(ids)] = ids
-                type_ids[row, : len(types)] = types
-                mask[row, : len(ids)] = 1
-            logits[idx] = self._logits(input_ids, mask, type_ids).reshape(-1)
-            if progress is not None:
-                progress(len(idx))
+        # Tokenised a chunk at a time: token lists cost ~2 KB per pair, so 50M pairs at once would not fit.
+        chunk = max(self.batch_size, self.chunk_pairs)
+        for first in range(0, n, chunk):
+            encoded = self._encode(queries[first : first + chunk], passages[first : first + chunk])
+            lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=len(encoded))
+            order = np.argsort(-lengths, kind="stable")  # longest first: the slowest batch shows up early
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                width = int(lengths[idx].max())
+                input_ids = np.zeros((len(idx), width), dtype=np.int64)
+                type_ids = np.zeros((len(idx), width), dtype=np.int64)
+                mask = np.zeros((len(idx), width), dtype=np.int64)
+                for row, i in enumerate(idx):
+                    ids, types = encoded[i]
+                    input_ids[row, : len(ids)] = ids
+                    type_ids[row, : len(types)] = types
+                    mask[row, : len(ids)] = 1
+                logits[first + idx] = self._logits(input_ids, mask, type_ids).reshape(-1)
+                if progress is not None:
+                    progress(len(idx))
         return sigmoid(logits)
 
 

@@ -53,12 +53,44 @@ def text_hash(text: str) -> str:
     return hashlib.blake2b(normalize_text(text).encode("utf-8"), digest_size=8).hexdigest()
 
 
+def normalized_expr(expr: pl.Expr) -> pl.Expr:
+    """`normalize_text` as a polars expression (native, multi-threaded; no Python call per row).
+
+    NFKC, lower case, every run of characters other than letters, digits and `_` (Python's `\\w`: Unicode
+    categories L* and N*) becomes one space, stripped. Equal to `normalize_text` on every string
+    (checked on random text from 17 Unicode blocks), up to the Unicode versions of Python and polars.
+    """
+    return (
+        expr.fill_null("")
+        .str.normalize("NFKC")
+        .str.to_lowercase()
+        .str.replace_all(r"[^\p{L}\p{N}_]+", " ")
+        .str.strip_chars(" ")
+    )
+
+
+def text_hash_expr(expr: pl.Expr) -> pl.Expr:
+    """A 64-bit hash of the normalised text, as a native polars expression (UInt64).
+
+    Equal for texts whose `normalize_text` is equal, like `text_hash`, but its values are not
+    `text_hash`'s and are stable only within one process (polars' `hash`): compare them, never store them.
+    A null text has a null hash (as `map_elements(text_hash)` gave).
+    """
+    return pl.when(expr.is_not_null()).then(normalized_expr(expr).hash(seed=0x686E72))
+
+
 def empty_negatives() -> pl.DataFrame:
     return pl.DataFrame(schema=NEGATIVES_SCHEMA)
 
 
-def _hash_col(col: str) -> pl.Expr:
-    return pl.col(col).map_elements(text_hash, return_dtype=pl.String)
+def hash_texts(texts: pl.Series, chunk_rows: int = 100_000) -> pl.Series:
+    """`text_hash_expr` of a column, a slice at a time: the normalised copies it makes along the way
+    (~3x the text) then cost one slice, not the whole column (2.7M negatives: ~6 GB)."""
+    parts = [
+        texts.slice(i, chunk_rows).to_frame("t").select(text_hash_expr(pl.col("t")))["t"]
+        for i in range(0, texts.len(), chunk_rows)
+    ]
+    return pl.concat(parts).alias(texts.name) if parts else pl.Series(texts.name, [], dtype=pl.UInt64)
 
 
 def validate_negatives(df: pl.DataFrame, *, per_pair: int = NEGATIVES_PER_PAIR) -> dict[str, list[str]]:
@@ -84,7 +116,9 @@ def validate_negatives(df: pl.DataFrame, *, per_pair: int = NEGATIVES_PER_PAIR) 
     if df.height == 0:
         return problems
 
-    hashed = df.with_columns(_hash_col("negative").alias("_neg_hash"), _hash_col("positive").alias("_pos_hash"))
+    hashed = df.with_columns(
+        hash_texts(df["negative"]).alias("_neg_hash"), hash_texts(df["positive"]).alias("_pos_hash")
+    )
     by_id = hashed.filter(pl.col("negative_id").is_not_null() & (pl.col("negative_id") == pl.col("positive_id")))
     by_text = hashed.filter(pl.col("_neg_hash") == pl.col("_pos_hash"))
     if by_id.height:

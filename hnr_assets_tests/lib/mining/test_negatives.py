@@ -83,3 +83,26 @@ def test_false_negative_rules() -> None:
     assert false_negative_mask(scores, 1.0, relative_margin=None) == [False] * 4
     with pytest.raises(ConfigError, match="relative_margin must be in"):
         false_negative_mask(scores, 1.0, relative_margin=1.5)
+
+
+def test_native_normalisation_equals_normalize_text_on_random_unicode() -> None:
+    import random
+
+    from hnr_assets.lib.mining.negatives import normalized_expr, text_hash_expr
+
+    rng = random.Random(0)
+    blocks = [(0x0, 0x80), (0xA0, 0x250), (0x300, 0x370), (0x370, 0x530), (0x590, 0x700), (0x900, 0x980)]
+    blocks += [(0x1E00, 0x2190), (0x2460, 0x2500), (0x3000, 0x3100), (0x4E00, 0x4E80), (0xFB00, 0xFB10)]
+    blocks += [(0xFF00, 0xFF70), (0x1F300, 0x1F400)]
+    texts = ["  Héllo,   WORLD! ", "ﬁ café", "İstanbul ΣΑΣ", "a_b\x1fc", "", "¼ ② x²"]
+    for _ in range(20_000):
+        texts.append("".join(chr(rng.randrange(*rng.choice(blocks))) for _ in range(rng.randint(0, 25))))
+    frame = pl.DataFrame({"t": [*texts, None]})
+    native = frame.select(normalized_expr(pl.col("t")))["t"].to_list()
+    assert native == [*(normalize_text(t) for t in texts), ""]
+    hashes = frame.select(text_hash_expr(pl.col("t")))["t"].to_list()
+    assert hashes[-1] is None  # a null text has no hash, as with map_elements(text_hash)
+    by_norm: dict[str, int] = {}
+    for norm, h in zip(native[:-1], hashes[:-1], strict=True):
+        assert by_norm.setdefault(norm, h) == h  # equal normalised text, equal hash
+    assert len(set(hashes[:-1])) == len(by_norm)  # and no collision among these

@@ -151,3 +151,19 @@ def test_lucene_errors_carry_the_java_output(corpus: Path, tmp_path: Path) -> No
     )
     with pytest.raises(HnrError, match="SearchCollection exited with"):
         engine.search(engine.open(fake), QUERIES, 3)
+
+
+def test_top_k_positive_is_the_best_positive_scores_with_ties_by_position() -> None:
+    import numpy as np
+
+    from hnr_assets.lib.retrieval.bm25s_engine import top_k_positive
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scores = np.where(rng.random(300) < 0.2, rng.integers(1, 6, 300).astype(np.float32), 0.0).astype(np.float32)
+        k = int(rng.integers(1, 40))
+        pos, vals = top_k_positive(scores, k)
+        ranked = sorted((-s, i) for i, s in enumerate(scores.tolist()) if s > 0)[:k]  # best first, ties by index
+        assert pos.tolist() == [i for _, i in ranked] and vals.tolist() == [-s for s, _ in ranked]
+    empty = top_k_positive(np.zeros(10, dtype=np.float32), 5)
+    assert empty[0].size == 0 and empty[1].size == 0

@@ -178,3 +178,17 @@ def test_a_folder_that_is_not_a_model_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "m" / "README.md").write_text("hi")
     with pytest.raises(DataValidationError, match="cannot load a sentence-transformers model"):
         dense.load_encoder(tmp_path / "m", dense.EncodeOptions())
+
+
+def test_normalize_in_blocks_and_in_place_equals_the_whole_matrix_at_once(monkeypatch) -> None:
+    from hnr_assets.lib.retrieval import dense
+
+    matrix = np.random.default_rng(1).standard_normal((1000, 16)).astype(np.float32)
+    matrix[7] = 0.0
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    expected = matrix / np.where(norms > 0, norms, 1.0)
+    monkeypatch.setattr(dense, "NORMALIZE_BLOCK_ROWS", 64)
+    copy = dense.normalize(matrix)
+    assert copy is not matrix and np.array_equal(copy, expected) and not np.array_equal(matrix, expected)
+    own = matrix.copy()
+    assert dense.normalize(own, inplace=True) is own and np.array_equal(own, expected)

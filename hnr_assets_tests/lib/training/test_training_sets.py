@@ -196,3 +196,31 @@ def test_rows_for_unknown_queries_are_refused() -> None:
             validation_fraction=0.2,
             split_seed=0,
         )
+
+
+def test_ce_filter_equals_the_rule_applied_pair_by_pair_nan_included() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pair = rng.integers(0, 300, 3000)
+    negs = pl.DataFrame(
+        {"query_id": [f"q{p}" for p in pair], "positive_id": "p", "negative_rank": np.arange(3000, dtype=np.int32)}
+    )
+    positive = rng.random(300)
+    positive[5] = np.nan
+    score = rng.random(3000)
+    score[::97] = np.nan
+    score[::89] = positive[pair[::89]] * 0.95  # exactly on the relative limit: dropped
+    scores = negs.with_columns(pl.Series("negative_score", score), pl.Series("positive_score", positive[pair]))
+    for rel, ab in ((0.05, None), (None, 0.1), (0.05, 0.02), (None, None)):
+        kept, dropped = apply_ce_filter(negs, scores.cast(CE_SCORES_SCHEMA), relative_margin=rel, absolute_margin=ab)
+        ordered = scores.sort("query_id", "positive_id", "negative_rank")
+        drop: list[bool] = []
+        for group in ordered.partition_by(["query_id", "positive_id"], maintain_order=True):
+            drop += false_negative_mask(
+                group["negative_score"].to_list(), group["positive_score"][0], relative_margin=rel, absolute_margin=ab
+            )
+        assert kept.equals(ordered.filter(~pl.Series(drop)).select(negs.columns))
+        assert dropped == sum(drop)
+    with pytest.raises(ConfigError):
+        apply_ce_filter(negs, scores.cast(CE_SCORES_SCHEMA), relative_margin=1.5, absolute_margin=None)
