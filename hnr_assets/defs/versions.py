@@ -87,8 +87,9 @@ VERSIONS: dict[str, Covers] = {
     "bm25_index": Covers("1", settings=BM25_SEARCH, unused=("bm25.scores_depth",)),
     "bm25_negatives": Covers("1", settings=(*BM25_SEARCH, "mining.bm25_negatives"), unused=("bm25.scores_depth",)),
     "cross_encoder": Covers("1", settings=("cross_encoder",)),
+    # logic 2: retrieval_ranks.parquet beside the negatives (issue 17: mined in blocks of queries).
     "ce_negatives": Covers(
-        "1", settings=(*BM25_SEARCH, "cross_encoder", "mining.ce_negatives"), unused=("bm25.scores_depth",)
+        "2", settings=(*BM25_SEARCH, "cross_encoder", "mining.ce_negatives"), unused=("bm25.scores_depth",)
     ),
     # `prebuilt_index` replaces the training corpus's index only; each dataset gets its own.
     "bm25_scores": Covers("1", settings=BM25_SEARCH, unused=("bm25.prebuilt_index",)),

@@ -167,10 +167,10 @@ def test_an_edit_changes_exactly_the_hashes_of_what_reads_it(
     assert _changed(before, _hashes(_load(tmp_path, edited))) == expected
 
 
-LOCAL_YAML = BUILTIN_PROFILES_DIR / "local.yaml"
+LOCAL_YAML = BUILTIN_PROFILES_DIR / "local-full.yaml"  # both generators (`local` has the first one only)
 SMOL, SMOL_P2 = "smollm2-135m", "smollm2-135m-p2"
 
-# The `local` profile's generators run on CTranslate2: its settings, as the `test` profile's EDITS above.
+# The `local-full` profile's generators run on CTranslate2: its settings, as the `test` profile's EDITS above.
 LOCAL_EDITS = [
     ("generators.0.retry_factor", 2.0, {f"llm_negatives[{SMOL}]"}),
     ("generators.0.engine_options.workers", 1, {f"llm_negatives[{SMOL}]"}),  # other seeds, other shares

@@ -349,7 +349,6 @@ def ce_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
         profile,
         deps=["cross_encoder", "bm25_index", "training_pairs"],
         kinds={"parquet"},
-        code_version="2",  # 2: retrieval_ranks.parquet
         checks=negative_set_checks(profile.mining.min_full_share),
         description=(
             f"{NEGATIVES_PER_PAIR} cross-encoder negatives per training pair: the BM25 top {ce.candidates} of "
