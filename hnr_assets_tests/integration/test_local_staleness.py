@@ -23,13 +23,14 @@ import yaml
 
 from hnr_assets.cli import init_dagster_home, main
 from hnr_assets.defs import versions
+from hnr_assets.profiles import load_profile
 from hnr_assets.settings import BUILTIN_PROFILES_DIR
 from hnr_assets_tests.ui_status import ui_stale
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 MINING = "datasets,training_pairs,bm25_index,bm25_negatives,bm25_scores"
-DATASETS = ["scifact", "nfcorpus_preprocessed", "cranfield", "cisi", "med"]
+DATASETS = load_profile(BUILTIN_PROFILES_DIR / "local.yaml").dataset_names  # every bm25_scores partition
 
 
 def _materializations(home: Path) -> Counter:
