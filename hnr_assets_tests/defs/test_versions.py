@@ -155,16 +155,21 @@ def _set(data: dict, path: str, value: object) -> None:
     data[last] = value
 
 
+def _edit(tmp_path: Path, profile_yaml: Path, path: str, value: object) -> tuple[dict[str, str], set[str]]:
+    """The profile's hashes, and the keys whose hash changes when `path` is set to `value` in a copy."""
+    before = _hashes(load_profile(profile_yaml))
+    edited = yaml.safe_load(profile_yaml.read_text())
+    _set(edited, path, value)
+    return before, _changed(before, _hashes(_load(tmp_path, edited)))
+
+
 @pytest.mark.parametrize(("path", "value", "expected"), EDITS, ids=[e[0] for e in EDITS])
 def test_an_edit_changes_exactly_the_hashes_of_what_reads_it(
     tmp_path: Path, path: str, value: object, expected: set[str]
 ) -> None:
-    data = yaml.safe_load(TEST_YAML.read_text())
-    before = _hashes(load_profile(TEST_YAML))
+    before, changed = _edit(tmp_path, TEST_YAML, path, value)
     expected = {k for k in before if k in expected or "*" in expected or f"{k.split('[')[0]}[*]" in expected}
-    edited = copy.deepcopy(data)
-    _set(edited, path, value)
-    assert _changed(before, _hashes(_load(tmp_path, edited))) == expected
+    assert changed == expected
 
 
 LOCAL_YAML = BUILTIN_PROFILES_DIR / "local-full.yaml"  # both generators (`local` has the first one only)
@@ -186,11 +191,7 @@ LOCAL_EDITS = [
 def test_an_edit_of_a_ctranslate2_generator_changes_exactly_its_partitions(
     tmp_path: Path, path: str, value: object, expected: set[str]
 ) -> None:
-    data = yaml.safe_load(LOCAL_YAML.read_text())
-    before = _hashes(load_profile(LOCAL_YAML))
-    edited = copy.deepcopy(data)
-    _set(edited, path, value)
-    assert _changed(before, _hashes(_load(tmp_path, edited))) == expected
+    assert _edit(tmp_path, LOCAL_YAML, path, value)[1] == expected
 
 
 def test_identical_content_under_another_file_name_shares_every_version(tmp_path: Path) -> None:
