@@ -110,11 +110,15 @@ def _short_metadata(stats: pl.DataFrame) -> dict[str, dg.MetadataValue]:
     }
 
 
-def _write_negative_set(target: Path, negatives: pl.DataFrame, stats: pl.DataFrame, **extra: pl.DataFrame) -> None:
-    """`negatives.parquet`, `stats.parquet` and any extra tables, replaced together."""
+def _store_mined(storage: StorageResource, asset: str, out: dict, store: ShardStore) -> tuple[Path, pl.DataFrame]:
+    """Write a blocked miner's result (`negatives.parquet`, `stats.parquet`, `retrieval_ranks.parquet`,
+    replaced together), then drop its block shards; returns the folder and the per-pair stats."""
+    target = Layout(storage).folder(asset)
     with atomic_dir(target) as tmp:
-        for name, frame in {NEGATIVES: negatives, STATS: stats, **extra}.items():
+        for name, frame in {NEGATIVES: out["negatives"], STATS: out["pairs"], RETRIEVAL_RANKS: out["ranks"]}.items():
             frame.write_parquet(tmp / name, compression="zstd")
+    shutil.rmtree(store.folder, ignore_errors=True)
+    return target, out["pairs"]
 
 
 @dataclass(frozen=True)
@@ -275,10 +279,8 @@ def mine_bm25_negatives(
             seed=settings.seed,
             log=context.log.info,
         )
-    negatives, stats, counts = out["negatives"], out["pairs"], out["counts"]
-    target = Layout(storage).folder("bm25_negatives")
-    _write_negative_set(target, negatives, stats, **{RETRIEVAL_RANKS: out["ranks"]})
-    shutil.rmtree(store.folder, ignore_errors=True)
+    target, stats = _store_mined(storage, "bm25_negatives", out, store)
+    counts = out["counts"]
     extra = {
         "backend": handle.manifest["backend"],
         "hits": int(counts["hits"].sum()),
@@ -409,10 +411,8 @@ def mine_ce_negatives(
             absolute_margin=ce.absolute_margin,
             log=context.log.info,
         )
-    negatives, stats, counts = out["negatives"], out["pairs"], out["counts"]
-    target = Layout(storage).folder("ce_negatives")
-    _write_negative_set(target, negatives, stats, **{RETRIEVAL_RANKS: out["ranks"]})
-    shutil.rmtree(store.folder, ignore_errors=True)
+    target, stats = _store_mined(storage, "ce_negatives", out, store)
+    counts = out["counts"]
     total = int(counts["scored_pairs"].sum())
     extra = {
         "cross_encoder": read_manifest(model_dir).get("model", profile.cross_encoder.model),
