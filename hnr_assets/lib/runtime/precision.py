@@ -6,15 +6,22 @@ here where a model runs (`resolve_device`), whether the CPU computes bfloat16 na
 (`cpu_has_native_bf16`), what `precision: auto` means on that device (`resolve_precision`), and enter
 the matching `torch.autocast` (`autocast`).
 
-`auto` means bf16 on a GPU that supports it (fp16 otherwise), and on a CPU bf16 autocast only where the
-CPU has native bf16 (the `avx512_bf16` or `amx_bf16` flags): elsewhere bf16 is emulated and 5-10x slower
-than fp32, so fp32. Weights stay fp32 under autocast.
+`auto` means bf16 on a GPU that supports it (fp16 otherwise). On a CPU it means bf16 autocast only where
+the CPU has native bf16 (the `avx512_bf16` or `amx_bf16` flags) *and* bf16 is measured faster there
+(`cpu_bf16_is_faster`): without the flags bf16 is emulated and 5-10x slower than fp32; with them it was
+1.7x faster on an AMD EPYC Zen 4 (DESIGN.md) but 1.6-1.9x *slower* on an Intel Xeon (model 207) whose
+hypervisor shows `avx512_bf16` and hides AMX (2026-12-02: all-MiniLM-L6-v2 at 128 tokens, 66 passages/s
+fp32 against 41 bf16; a training step of 16 x 7 texts 4.5 s fp32 against 8.3 s bf16). Flags alone cannot
+tell these apart, so a short timing of both (about a second, once per process) decides. Weights stay
+fp32 under autocast.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hnr_assets.lib.runtime.errors import ConfigError
@@ -48,6 +55,54 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return False
 
 
+# bf16 must beat fp32 by this factor on the timing below to be chosen (noise on a shared machine).
+BF16_MIN_SPEEDUP = 1.1
+
+
+def time_matmul_step(bf16: bool, repeats: int = 3) -> float:
+    """Best-of-`repeats` seconds of a forward and backward pass through one MiniLM-sized feed-forward block
+    (a batch of 2,048 token vectors, 384 -> 1536 -> 384), in fp32 or under bf16 autocast."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 384, generator=generator, requires_grad=True)
+    w1 = torch.randn(384, 1536, generator=generator, requires_grad=True)
+    w2 = torch.randn(1536, 384, generator=generator, requires_grad=True)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first pass warms the kernels up
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = torch.nn.functional.gelu(x @ w1) @ w2
+        y.float().sum().backward()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def bf16_pays_off(native: bool, timer: Callable[[bool], float] = time_matmul_step) -> bool:
+    """Whether bf16 autocast should be used on this CPU: native bf16, and measured `BF16_MIN_SPEEDUP` faster.
+
+    Args:
+        native: Whether the CPU flags show native bf16 (`cpu_has_native_bf16`); without it, no timing.
+        timer: Seconds of the same work in fp32 (`timer(False)`) and in bf16 (`timer(True)`).
+    """
+    if not native:
+        return False
+    fp32, bf16 = timer(False), timer(True)
+    return bf16 * BF16_MIN_SPEEDUP <= fp32
+
+
+@functools.cache
+def cpu_bf16_is_faster() -> bool:
+    """`bf16_pays_off` for this CPU, measured once per process (about a second where the flags show bf16)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return bf16_pays_off(cpu_has_native_bf16())
+    finally:
+        torch.set_num_threads(threads)
+
+
 def resolve_precision(
     precision: str,
     device: str,
@@ -61,7 +116,7 @@ def resolve_precision(
     Args:
         precision: `auto`, `fp32`, `bf16` or `fp16`.
         device: `cpu`, `cuda` or `cuda:N`.
-        bf16_cpu: Whether the CPU has native bf16 (read from /proc/cpuinfo when None).
+        bf16_cpu: Whether bf16 autocast pays off on the CPU (`cpu_bf16_is_faster` when None).
         bf16_gpu: Whether the GPU supports bf16 (asked from torch when None).
         cpu_fp16: Accept `fp16` on a CPU (inference only; training refuses it).
 
@@ -79,7 +134,7 @@ def resolve_precision(
     if precision != "auto":
         return precision
     if not gpu:
-        return "bf16" if (cpu_has_native_bf16() if bf16_cpu is None else bf16_cpu) else "fp32"
+        return "bf16" if (cpu_bf16_is_faster() if bf16_cpu is None else bf16_cpu) else "fp32"
     if bf16_gpu is None:
         import torch
 
