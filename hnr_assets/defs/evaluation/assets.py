@@ -28,12 +28,14 @@ from hnr_assets.defs.checks import contract, problems_result, quality
 from hnr_assets.defs.execution import each_partition, hnr_asset
 from hnr_assets.defs.layout import TRAINING, Layout
 from hnr_assets.defs.partitions import recipes, system_keys
+from hnr_assets.defs.rates import log_probes, probes_metadata
 from hnr_assets.lib.data.beir import load_qrels
 from hnr_assets.lib.evaluation.scores import (
     METRICS,
     Evaluation,
     evaluate_dense,
     metrics_out_of_range,
+    probe_dense,
     read_metrics,
     read_per_query,
     read_run,
@@ -178,6 +180,9 @@ def _score_dense(
     )
     outcome.metrics.update({"model_dir": str(model_dir), **outcome.stats})
     extra["model"] = dg.MetadataValue.path(str(model_dir))
+    probes = profile.runtime.rate_probes
+    if probes.enabled:  # after the evaluation, on its own data: changes nothing written
+        outcome.probes = probe_dense(outcome, probes.encode_passages, probes.search_queries, probes.seed)
     return outcome, extra
 
 
@@ -197,7 +202,9 @@ def one_score(
         if system != "base-encoder":
             training = _read_training_json(layout, system, f"scores[{system}|{dataset}]")
         outcome, extra = _score_dense(profile, context, layout, system, dataset, training)
+    probes = outcome.probes
     extra.update({k: v for k, v in outcome.stats.items() if v is not None})
+    extra.update(probes_metadata(probes))
     run, per_query, metrics = outcome.run, outcome.per_query, outcome.metrics
     target = layout.folder("scores", system, dataset)
     write_scores(target, run, per_query, metrics)
@@ -205,6 +212,7 @@ def one_score(
     tracked = _log_to_mlflow(mlflow, profile.name, system, dataset, training, target)
     # One run holds the system's scores on every dataset: a tag per dataset.
     tracked.set_tags({f"{TAG_SETTINGS_HASH}/scores/{dataset}": versions.settings_hash(profile, "scores", key)})
+    log_probes(tracked, probes, prefix=f"eval/{_mlflow_name(dataset)}/")
     dataset_dir = layout.folder("datasets", dataset)
     return dg.MaterializeResult(
         metadata={
