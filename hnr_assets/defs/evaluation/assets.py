@@ -45,6 +45,7 @@ from hnr_assets.lib.evaluation.scores import (
 )
 from hnr_assets.lib.retrieval.dense import EmbeddingCache, EncodeOptions
 from hnr_assets.lib.runtime.errors import DataValidationError
+from hnr_assets.lib.runtime.rates import RateProbe
 from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.profiles.schema import Profile
 from hnr_assets.resources.mlflow import (
@@ -180,10 +181,17 @@ def _score_dense(
     )
     outcome.metrics.update({"model_dir": str(model_dir), **outcome.stats})
     extra["model"] = dg.MetadataValue.path(str(model_dir))
-    probes = profile.runtime.rate_probes
-    if probes.enabled:  # after the evaluation, on its own data: changes nothing written
-        outcome.probes = probe_dense(outcome, probes.encode_passages, probes.search_queries, probes.seed)
     return outcome, extra
+
+
+def _probes(profile: Profile, outcome: Evaluation) -> list[RateProbe]:
+    """After a dense system's scores are written: encoding and search rates against bare sentence-transformers
+    and BEIR's exact search on its own data (`lib.evaluation.scores.probe_dense`); none for BM25 or when
+    `runtime.rate_probes` is off."""
+    settings = profile.runtime.rate_probes
+    if not settings.enabled or outcome.dense is None:
+        return []
+    return probe_dense(outcome, settings.encode_passages, settings.search_queries, settings.seed)
 
 
 def one_score(
@@ -202,13 +210,13 @@ def one_score(
         if system != "base-encoder":
             training = _read_training_json(layout, system, f"scores[{system}|{dataset}]")
         outcome, extra = _score_dense(profile, context, layout, system, dataset, training)
-    probes = outcome.probes
     extra.update({k: v for k, v in outcome.stats.items() if v is not None})
-    extra.update(probes_metadata(probes))
     run, per_query, metrics = outcome.run, outcome.per_query, outcome.metrics
     target = layout.folder("scores", system, dataset)
     write_scores(target, run, per_query, metrics)
     contract_problems, in_range = _check_stored(target, qrels, top_k)
+    probes = _probes(profile, outcome)
+    extra.update(probes_metadata(probes))
     tracked = _log_to_mlflow(mlflow, profile.name, system, dataset, training, target)
     # One run holds the system's scores on every dataset: a tag per dataset.
     tracked.set_tags({f"{TAG_SETTINGS_HASH}/scores/{dataset}": versions.settings_hash(profile, "scores", key)})

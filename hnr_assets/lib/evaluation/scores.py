@@ -179,7 +179,6 @@ class Evaluation:
         stats: Timings and cache details for reports.
         dense: For a dense evaluation, what `probe_dense` measures on: the `EmbeddingSource`, the passages,
             the query and corpus matrices and their ids (not written anywhere).
-        probes: Rate probes measured on this evaluation (`probe_dense`), when they ran.
     """
 
     run: pl.DataFrame
@@ -187,7 +186,6 @@ class Evaluation:
     metrics: dict[str, Any]
     stats: dict[str, Any] = field(default_factory=dict)
     dense: dict[str, Any] | None = field(default=None, repr=False)
-    probes: list[RateProbe] = field(default_factory=list)
 
 
 def rescore_folder(source: Path, qrels: Mapping[str, Mapping[str, int]], top_k: int) -> Evaluation:
