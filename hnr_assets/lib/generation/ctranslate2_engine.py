@@ -22,15 +22,23 @@ the call's request seeds and its worker number, and gives each a fixed share of 
 requests give the same completions, whatever ran before (a resumed run equals an uninterrupted one).
 Loading the model for a call takes about 0.2 s.
 
+Caller's threads. Creating a CTranslate2 generator sets the calling thread's OpenMP thread count to its
+`intra_threads`, and torch's intra-op pool follows it: after one single-thread worker, every later torch
+step of the process (the demo trains and encodes in the same process) ran on one thread, at half speed
+on 2 cores (`make demo` of 2026-12-02: 17 s a training step instead of ~9). `_restoring_torch_threads`
+puts torch's count back after the workers are created.
+
 References: Klein et al., "The OpenNMT Neural Machine Translation Toolkit: 2020 Edition" (CTranslate2).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +58,20 @@ from hnr_assets.lib.runtime.io import atomic_dir
 from hnr_assets.lib.runtime.precision import cpu_has_native_bf16
 
 LogFn = Callable[[str], None]
+
+
+@contextlib.contextmanager
+def _restoring_torch_threads() -> Iterator[None]:
+    """Give torch back its intra-op thread count, which creating a CTranslate2 generator overwrites."""
+    torch = sys.modules.get("torch")  # CTranslate2 needs no torch; where none is loaded, nothing to restore
+    threads = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        if torch is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 CONVERTED_MANIFEST = "hnr-ct2.json"
 QUANTIZATIONS = ("int8", "int8_float32", "int8_bfloat16", "int16", "float32", "bfloat16")
 COMPUTE_TYPES = ("auto", *QUANTIZATIONS)
@@ -262,22 +284,24 @@ class CTranslate2Engine:
         """Fresh generators, each seeded for this call (see the module notes)."""
         ct2, workers = self._ct2, []
         warmup = [[self.tokenizer.eos_token]]
-        for w in range(self.threads.workers):
-            ct2.set_random_seed(call_seed(requests, w))
-            generator = ct2.Generator(
-                str(self.model_dir),
-                device="cpu",
-                compute_type=self.compute_type,
-                inter_threads=1,
-                intra_threads=self.threads.threads_per_worker,
-                # Unbounded: with the default queue of a few batches, queueing one worker's share blocks
-                # until that worker has nearly finished it, so the next worker starts late (measured in
-                # `make demo`: 1.05 of 2 cores busy, the main thread waiting in JobQueue::put).
-                max_queued_batches=-1,
-            )
-            # The worker's random generator is seeded when it first samples: make that happen now.
-            generator.generate_batch(warmup, max_length=1, sampling_topk=2, include_prompt_in_result=False)
-            workers.append(generator)
+        with _restoring_torch_threads():
+            for w in range(self.threads.workers):
+                ct2.set_random_seed(call_seed(requests, w))
+                generator = ct2.Generator(
+                    str(self.model_dir),
+                    device="cpu",
+                    compute_type=self.compute_type,
+                    inter_threads=1,
+                    intra_threads=self.threads.threads_per_worker,
+                    # Unbounded: with the default queue of a few batches, queueing one worker's share
+                    # blocks until that worker has nearly finished it, so the next worker starts late
+                    # (measured in `make demo`: 1.05 of 2 cores busy, the main thread waiting in
+                    # JobQueue::put).
+                    max_queued_batches=-1,
+                )
+                # The worker's random generator is seeded when it first samples: make that happen now.
+                generator.generate_batch(warmup, max_length=1, sampling_topk=2, include_prompt_in_result=False)
+                workers.append(generator)
         return workers
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:

@@ -117,6 +117,21 @@ def test_generation_is_batched_seeded_and_in_request_order(converted) -> None:
     assert engine.stats.requests == 9 and engine.stats.completions == 18 and engine.stats.completion_tokens > 0
 
 
+def test_single_thread_workers_leave_torch_its_threads(converted) -> None:
+    # Creating a CTranslate2 generator with intra_threads=1 sets the caller's OpenMP threads to 1, and
+    # torch follows: the demo trained and encoded on one core after generating (2026-12-02).
+    import torch
+
+    folder, _ = converted
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        CTranslate2Engine(folder, SAMPLING, {}, batch_size=4, threads=WorkerPlan(2, 1)).generate(_requests())
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_greedy_and_stop_strings(converted) -> None:
     folder, _ = converted
     greedy = Sampling(temperature=0.0, max_tokens=8)
