@@ -195,6 +195,60 @@ def plan_demo(
     return plan
 
 
+# Assets whose materializations may hold rate probes (`runtime.rate_probes`, `hnr_assets.defs.rates`).
+PROBING_ASSETS = ("ce_negatives", "llm_negatives", "encoders", "scores")
+
+
+def probe_rows(defs, instance, steps: list[Step] | None = None) -> list[tuple[str, str | None, dict]]:
+    """The rate probes recorded by the latest materializations, as `(asset stage, partition, fields)` rows.
+
+    Args:
+        defs: The `dg.Definitions` (which partitions exist).
+        instance: The Dagster instance to read the materializations from.
+        steps: Only these demo steps (those that materialized); None: every partition of the probing assets.
+    """
+    import dagster as dg
+
+    from hnr_assets.lib.runtime.rates import read_probes
+
+    graph = defs.resolve_asset_graph()
+    if steps is not None:
+        wanted = [(s.asset, s.partition) for s in steps if s.status == "materialized" and s.asset in PROBING_ASSETS]
+    else:
+        wanted = []
+        for name in PROBING_ASSETS:
+            key = dg.AssetKey(name)
+            if not graph.has(key):
+                continue
+            node = graph.get(key)
+            keys = list(node.partitions_def.get_partition_keys()) if node.partitions_def else [None]
+            wanted += [(name, None if k is None else str(k)) for k in keys]
+    records = _Records(instance)
+    rows = []
+    for name, partition in wanted:
+        record = records.latest(dg.AssetKey(name), partition)
+        found = read_probes(record.asset_materialization.metadata or {}) if record else {}
+        rows += [(f"{name} {stage}", partition, fields) for stage, fields in found.items()]
+    return rows
+
+
+def rates_report(defs, instance, steps: list[Step] | None = None) -> list[str]:
+    """Lines of the rate-probe table; for the demo's `steps`, none when no probe ran, else a note."""
+    from hnr_assets.lib.runtime.rates import probe_table
+
+    rows = probe_rows(defs, instance, steps)
+    if not rows:
+        return (
+            []
+            if steps is not None
+            else ["rate probes: none recorded (set `runtime.rate_probes.enabled: true` in the profile)"]
+        )
+    return [
+        "rate probes (hnr against its baseline on the same sample, same process; ratio > 1: hnr faster):",
+        probe_table(rows),
+    ]
+
+
 def release_dead_demo_runs(instance) -> list[str]:
     """Mark FAILED the demo runs whose process died (SIGKILL, OOM) and free their concurrency slots.
 
@@ -382,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     backfill.add_argument("--select", default="", help="comma-separated asset names (default: all)")
     backfill.add_argument("--partitions", default="", help="comma-separated partition keys (default: all)")
+    sub.add_parser("rates", help="print the rate probes of the latest materializations (runtime.rate_probes)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -412,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
             f"`make dev` runs it: Runs > Backfills in the UI (/runs/b/{backfill_id})\n"
         )
         return 0
+    if args.command == "rates":
+        with dg.DagsterInstance.get() as instance:
+            sys.stdout.write("\n".join(rates_report(defs, instance)) + "\n")
+        return 0
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         steps = run_demo(
@@ -423,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             run_tags={"hnr/data_dir": str(settings.data_dir)},
             dry_run=args.dry_run,
         )
+        probes = [] if args.dry_run else rates_report(defs, instance, steps)
     wall = time.perf_counter() - started
     ran = [s for s in steps if s.status != "up to date"]
     verb = "would be materialized" if args.dry_run else "materialized"
@@ -443,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     if table.is_file():
         lines.append(f"results ({table}):")
         lines.append(table.read_text(encoding="utf-8").split("\n\nPaired comparisons:", 1)[0])
+    lines += probes
     lines.append(f"open the UI with `make dev` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

@@ -178,6 +178,8 @@ LEFT_OUT: dict[str, str] = {
     "training.base_encoder.trust_remote_code": _TRUST,
     "training.trainer.logging_steps": "how often the loss is logged: the same training",
     "training.trainer.eval_batch_size": "texts per batch when validating: the same scores",
+    "runtime.rate_probes": "side-by-side speed probes run after an asset's work, on copies of a sample: "
+    "they add metadata and MLflow metrics, the outputs are the same",
 }
 
 # The entries of these lists are partitions, named by this field.

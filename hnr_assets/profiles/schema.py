@@ -617,6 +617,37 @@ class TrainingSpec(StrictModel):
     )
 
 
+class RateProbeSettings(StrictModel):
+    """Side-by-side rate probes (`lib.runtime.rates`): after its main work, each heavy asset times its own
+    code path and a bare baseline on a small sample of its data. Changes no output."""
+
+    enabled: bool = Field(default=False, description="Run the probes (costs the time of the samples below).")
+    encode_passages: int = Field(
+        default=64,
+        ge=1,
+        description="`scores` (dense): seeded corpus passages encoded by hnr and by bare sentence-transformers.",
+    )
+    search_queries: int = Field(
+        default=100, ge=1, description="`scores` (dense): seeded queries searched by hnr and by BEIR's exact search."
+    )
+    ce_pairs: int = Field(
+        default=64, ge=1, description="`ce_negatives`: seeded (query, candidate) pairs scored by both runtimes."
+    )
+    generation_pairs: int = Field(
+        default=3, ge=1, description="`llm_negatives`: seeded pairs generated with the transformers baseline."
+    )
+    training_steps: int = Field(
+        default=2, ge=1, description="`encoders`: steps of the bare sentence-transformers fine-tune."
+    )
+    seed: int = Field(default=0, description="Seed of the samples.")
+
+
+class RuntimeSettings(StrictModel):
+    """How the pipeline runs, not what it computes: nothing here changes an output."""
+
+    rate_probes: RateProbeSettings = Field(default_factory=RateProbeSettings)
+
+
 class Profile(StrictModel):
     """All settings of one profile (`paper`, `local`, `test`, or a file of your own)."""
 
@@ -640,6 +671,9 @@ class Profile(StrictModel):
     mining: MiningSettings = Field(default_factory=MiningSettings, description="BM25 and cross-encoder negatives.")
     training: TrainingSpec = Field(
         default_factory=TrainingSpec, description="Training sets and encoders; the defaults are the study's."
+    )
+    runtime: RuntimeSettings = Field(
+        default_factory=RuntimeSettings, description="Runtime settings that change no output (rate probes)."
     )
 
     @model_validator(mode="after")

@@ -141,6 +141,8 @@ EDITS = [
     ("evaluation.cache_embeddings", False, set()),
     ("training.trainer.logging_steps", 3, set()),
     ("training.trainer.eval_batch_size", 8, set()),
+    ("runtime.rate_probes.enabled", True, set()),
+    ("runtime.rate_probes", {"enabled": True, "encode_passages": 8, "training_steps": 1}, set()),
     # A value written out that equals the default is the same as leaving it out.
     ("bm25.keep_stopwords", False, set()),
     ("training.recipes", None, set()),

@@ -28,12 +28,14 @@ from hnr_assets.defs.checks import contract, problems_result, quality
 from hnr_assets.defs.execution import each_partition, hnr_asset
 from hnr_assets.defs.layout import TRAINING, Layout
 from hnr_assets.defs.partitions import recipes, system_keys
+from hnr_assets.defs.rates import log_probes, probes_metadata
 from hnr_assets.lib.data.beir import load_qrels
 from hnr_assets.lib.evaluation.scores import (
     METRICS,
     Evaluation,
     evaluate_dense,
     metrics_out_of_range,
+    probe_dense,
     read_metrics,
     read_per_query,
     read_run,
@@ -43,6 +45,7 @@ from hnr_assets.lib.evaluation.scores import (
 )
 from hnr_assets.lib.retrieval.dense import EmbeddingCache, EncodeOptions
 from hnr_assets.lib.runtime.errors import DataValidationError
+from hnr_assets.lib.runtime.rates import RateProbe
 from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.profiles.schema import Profile
 from hnr_assets.resources.mlflow import (
@@ -181,6 +184,16 @@ def _score_dense(
     return outcome, extra
 
 
+def _probes(profile: Profile, outcome: Evaluation) -> list[RateProbe]:
+    """After a dense system's scores are written: encoding and search rates against bare sentence-transformers
+    and BEIR's exact search on its own data (`lib.evaluation.scores.probe_dense`); none for BM25 or when
+    `runtime.rate_probes` is off."""
+    settings = profile.runtime.rate_probes
+    if not settings.enabled or outcome.dense is None:
+        return []
+    return probe_dense(outcome, settings.encode_passages, settings.search_queries, settings.seed)
+
+
 def one_score(
     profile: Profile, context, key: dg.MultiPartitionKey, storage: StorageResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
@@ -202,9 +215,12 @@ def one_score(
     target = layout.folder("scores", system, dataset)
     write_scores(target, run, per_query, metrics)
     contract_problems, in_range = _check_stored(target, qrels, top_k)
+    probes = _probes(profile, outcome)
+    extra.update(probes_metadata(probes))
     tracked = _log_to_mlflow(mlflow, profile.name, system, dataset, training, target)
     # One run holds the system's scores on every dataset: a tag per dataset.
     tracked.set_tags({f"{TAG_SETTINGS_HASH}/scores/{dataset}": versions.settings_hash(profile, "scores", key)})
+    log_probes(tracked, probes, prefix=f"eval/{_mlflow_name(dataset)}/")
     dataset_dir = layout.folder("datasets", dataset)
     return dg.MaterializeResult(
         metadata={

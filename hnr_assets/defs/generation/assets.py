@@ -1,6 +1,7 @@
 """Assets `generator_models` and `llm_negatives`, one partition per generator of the profile."""
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from hnr_assets.defs import versions
 from hnr_assets.defs.checks import negative_set_check_results, negative_set_checks
 from hnr_assets.defs.execution import hnr_asset
 from hnr_assets.defs.layout import GENERATOR_MODEL, SUMMARY, Layout
+from hnr_assets.defs.rates import log_probes, probes_metadata
 from hnr_assets.lib.generation.generator_models import ServedModel, prepare_model
 from hnr_assets.lib.generation.llm_output import REASONS, ValidationRules
 from hnr_assets.lib.generation.prompts import PromptTemplate, load_prompt
@@ -20,6 +22,7 @@ from hnr_assets.lib.generation.runner import (
     RunReport,
     collect_outputs,
     generate_negatives,
+    probe_generation,
     select_pairs,
     summarize,
     write_outputs,
@@ -27,6 +30,7 @@ from hnr_assets.lib.generation.runner import (
 from hnr_assets.lib.generation.shards import ShardStore
 from hnr_assets.lib.runtime.io import write_text
 from hnr_assets.lib.runtime.progress import Progress
+from hnr_assets.lib.runtime.rates import RateProbe
 from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.lib.training.recipes import llm_source
 from hnr_assets.profiles.schema import GenerationSettings, GeneratorSpec, Profile
@@ -189,11 +193,38 @@ def generate_llm_negatives(
     tags = {TAG_GENERATION_DAGSTER_RUN: context.run.run_id, TAG_ASSET: "llm_negatives", TAG_PARTITION: spec.key}
     tags[TAG_SETTINGS_HASH] = versions.settings_hash(profile, "llm_negatives", spec.key)
     run = _log_generation_run(mlflow, tags, spec, gen, pairs, summary, wall, target / SUMMARY)
+    probes = _generation_probes(profile, spec, report, model["path"], pairs, plan)
+    log_probes(run, probes)
     negatives = outputs["negatives"]
-    metadata = _generation_metadata(summary, outputs, pairs, all_pairs, paths, wall, run)
+    metadata = _generation_metadata(summary, outputs, pairs, all_pairs, paths, wall, run) | probes_metadata(probes)
     return dg.MaterializeResult(
         metadata=metadata, check_results=negative_set_check_results(negatives, pairs, gen.min_full_share)
     )
+
+
+def _generation_probes(
+    profile: Profile, spec: GeneratorSpec, report: RunReport | None, model_path, pairs: pl.DataFrame, plan
+) -> list[RateProbe]:
+    """After generating: this run's valid negatives/s against the transformers baseline of before issue 13
+    on a few pairs (`lib.generation.runner.probe_generation`); none unless `runtime.rate_probes` is on."""
+    settings = profile.runtime.rate_probes
+    if not settings.enabled:
+        return []
+    name = f"hnr {spec.backend}, prompt {spec.prompt}, {spec.completions} x <= {spec.sampling.max_tokens} tokens"
+    served = spec.backend == "openai" or model_path is None
+    with tempfile.TemporaryDirectory(prefix="hnr-generation-probe-") as work:
+        probe = probe_generation(
+            report,
+            name,
+            None if served else Path(model_path),
+            pairs,
+            plan,
+            Path(work),
+            sample=settings.generation_pairs,
+            seed=settings.seed,
+            chat_template_kwargs=dict(spec.chat_template_kwargs),
+        )
+    return [probe]
 
 
 def _summary(

@@ -6,7 +6,9 @@ inputs, calls it, writes the outputs atomically and reports metadata, checks and
 
 import json
 import shutil
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +20,11 @@ from hnr_assets.defs.checks import Check, contract, negative_set_check_results, 
 from hnr_assets.defs.checks import quality as quality_check
 from hnr_assets.defs.execution import each_partition, hnr_asset
 from hnr_assets.defs.layout import NEGATIVES, RETRIEVAL_RANKS, STATS, Layout
+from hnr_assets.defs.rates import log_probes, probes_metadata
 from hnr_assets.lib.data.beir import load_qrels
 from hnr_assets.lib.evaluation.scores import score_run, validate_run, write_scores
 from hnr_assets.lib.generation.shards import ShardStore
-from hnr_assets.lib.mining.cross_encoder import read_manifest, sanity_check
+from hnr_assets.lib.mining.cross_encoder import probe_cross_encoder, read_manifest, sanity_check
 from hnr_assets.lib.mining.negatives import NEGATIVES_PER_PAIR
 from hnr_assets.lib.mining.selection import (
     MINING_BLOCK_QUERIES,
@@ -34,6 +37,7 @@ from hnr_assets.lib.retrieval.base import IndexHandle
 from hnr_assets.lib.retrieval.bm25 import ANSERINI_FLAT_NDCG10, REFERENCE_TOLERANCE, config_dict
 from hnr_assets.lib.runtime.io import atomic_dir, file_sha256, frame_fingerprint
 from hnr_assets.lib.runtime.models import TINY_RANDOM
+from hnr_assets.lib.runtime.rates import RateProbe
 from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.profiles.schema import Profile
 from hnr_assets.resources.bm25 import BM25Resource
@@ -133,9 +137,15 @@ class MinedSet:
 
 
 def _negative_set_result(
-    profile: Profile, context: dg.AssetExecutionContext, asset: str, mined: MinedSet, mlflow: MlflowResource
+    profile: Profile,
+    context: dg.AssetExecutionContext,
+    asset: str,
+    mined: MinedSet,
+    mlflow: MlflowResource,
+    probes: Sequence[RateProbe] = (),
 ) -> dg.MaterializeResult:
-    """Re-read the stored set, evaluate the shared checks, log to MLflow, build the metadata."""
+    """Re-read the stored set, evaluate the shared checks, log to MLflow (with any rate probes), build the
+    metadata."""
     target, pairs, stats, extra, params = mined.target, mined.pairs, mined.stats, mined.extra, mined.params
     path = target / NEGATIVES
     stored = pl.read_parquet(path)
@@ -153,6 +163,7 @@ def _negative_set_result(
     with mlflow.run(f"negatives:{asset}", tags=tags) as run:
         run.log_params(params)
         run.log_metrics({k: float(v) for k, v in counts.items()} | {"seconds": float(extra["seconds"])})
+        log_probes(run, probes)
         run_id, run_url = run.run_id, run.url
     return dg.MaterializeResult(
         metadata={
@@ -162,6 +173,7 @@ def _negative_set_result(
             "fingerprint": frame_fingerprint(stored.select("query_id", "positive_id", "negative_id", "negative_rank")),
             "path": dg.MetadataValue.path(str(path)),
             "sample": dg.MetadataValue.md(_sample_table(stored)),
+            **probes_metadata(probes),
             "mlflow_run_id": run_id,
             "mlflow_run": dg.MetadataValue.url(run_url),
         },
@@ -369,9 +381,32 @@ def ce_negatives_asset(profile: Profile) -> dg.AssetsDefinition:
         mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
         mined = mine_ce_negatives(profile, context, storage, bm25, cross_encoder_runtime)
-        return _negative_set_result(profile, context, "ce_negatives", mined, mlflow)
+        probes = [] if not profile.runtime.rate_probes.enabled else [_ce_probe(profile, storage, cross_encoder_runtime)]
+        return _negative_set_result(profile, context, "ce_negatives", mined, mlflow, probes)
 
     return ce_negatives
+
+
+def _ce_probe(profile: Profile, storage: StorageResource, runtime: CrossEncoderResource) -> RateProbe:
+    """After mining: a seeded sample of the (query, candidate) pairs just written, scored by hnr's scorer and
+    by a bare fp32 sentence-transformers CrossEncoder (`lib.mining.cross_encoder.probe_cross_encoder`)."""
+    settings = profile.runtime.rate_probes
+    layout = Layout(storage)
+    model_dir = layout.input("cross_encoder").require("ce_negatives")
+    stored = pl.read_parquet(layout.folder("ce_negatives") / NEGATIVES, columns=["query", "negative"])
+    if stored.is_empty():  # no candidate survived: the positives are real pairs too
+        stored = pl.read_parquet(_training(storage, "ce_negatives")["pairs"], columns=["query", "positive"])
+        stored = stored.rename({"positive": "negative"})
+    sample = stored.sample(min(settings.ce_pairs, stored.height), seed=settings.seed)
+    with tempfile.TemporaryDirectory(prefix="hnr-ce-probe-") as work:
+        return probe_cross_encoder(
+            runtime.load(model_dir),
+            model_dir,
+            sample["query"].to_list(),
+            sample["negative"].to_list(),
+            Path(work),
+            seed=settings.seed,
+        )
 
 
 def mine_ce_negatives(

@@ -19,6 +19,7 @@ own generators (a static mapping generator -> recipes).
 
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,12 +42,14 @@ from hnr_assets.defs.layout import (
     Layout,
 )
 from hnr_assets.defs.partitions import recipes
+from hnr_assets.defs.rates import log_probes, probes_metadata
 from hnr_assets.defs.training.config import config_class, merge
 from hnr_assets.lib.mining.negatives import NEGATIVES_SCHEMA
 from hnr_assets.lib.runtime.errors import DataValidationError
 from hnr_assets.lib.runtime.io import atomic_dir, file_sha256, frame_fingerprint
 from hnr_assets.lib.runtime.owner import Owner
 from hnr_assets.lib.runtime.progress import Progress
+from hnr_assets.lib.runtime.rates import RateProbe
 from hnr_assets.lib.runtime.report import md_table
 from hnr_assets.lib.training.recipes import Recipe, llm_source
 from hnr_assets.lib.training.training_sets import (
@@ -580,7 +583,32 @@ def train_recipe_encoder(
             run.log_artifact(tmp / TRAINING)
             run.log_artifact(tmp / HISTORY)
     problems = _encoder_problems(target, mlflow, registered_name, version)
-    return _encoder_result(training, outcome, run, mlflow, inputs, target, started, problems)
+    probes = _training_probes(profile, settings, inputs, outcome)
+    log_probes(run, probes)
+    return _encoder_result(training, outcome, run, mlflow, inputs, target, started, problems, probes)
+
+
+def _training_probes(profile: Profile, settings: TrainerSettings, inputs: dict, outcome) -> list[RateProbe]:
+    """After training: the asset's examples/s against a bare sentence-transformers fine-tune of a few steps
+    (`lib.training.encoder_training.probe_training`); none unless `runtime.rate_probes` is on."""
+    from hnr_assets.lib.training.encoder_training import TrainerOptions, probe_training
+
+    probes = profile.runtime.rate_probes
+    if not probes.enabled:
+        return []
+    with tempfile.TemporaryDirectory(prefix="hnr-training-probe-") as work:
+        return [
+            probe_training(
+                inputs["base_model_dir"],
+                inputs["train_rows"],
+                int(inputs["set_manifest"]["settings"]["negatives_per_row"]),
+                TrainerOptions(**settings.model_dump()),
+                outcome.examples_per_second if outcome.global_step else None,
+                f"hnr encoders asset ({outcome.precision}, {outcome.device}, validation included)",
+                Path(work),
+                steps=probes.training_steps,
+            )
+        ]
 
 
 def _train(profile: Profile, settings: TrainerSettings, inputs: dict, tmp: Path, run: TrackedRun, log):
@@ -641,7 +669,9 @@ def _training_record(
     }
 
 
-def _encoder_result(training: dict, outcome, run, mlflow, inputs: dict, target: Path, started: float, problems):
+def _encoder_result(
+    training: dict, outcome, run, mlflow, inputs: dict, target: Path, started: float, problems, probes=()
+):
     """The materialization: the training record's facts, the links, the validation curve, the checks."""
     from hnr_assets.lib.training.encoder_training import PRIMARY, metric_name
 
@@ -665,6 +695,7 @@ def _encoder_result(training: dict, outcome, run, mlflow, inputs: dict, target: 
             "path": dg.MetadataValue.path(str(target / MODEL)),
             versions.METADATA_KEY: training[versions.METADATA_KEY],
             "validation_curve": dg.MetadataValue.md(curve),
+            **probes_metadata(probes),
         },
         check_results=[
             problems_result("contract", problems),

@@ -27,6 +27,7 @@ from hnr_assets.lib.retrieval import dense
 from hnr_assets.lib.runtime.errors import DataValidationError
 from hnr_assets.lib.runtime.io import atomic_dir
 from hnr_assets.lib.runtime.progress import Progress
+from hnr_assets.lib.runtime.rates import RateProbe
 
 METRICS = DEFAULT_METRICS
 PRIMARY_METRIC = "ndcg@10"
@@ -176,12 +177,15 @@ class Evaluation:
         per_query: Metrics per judged query.
         metrics: Means of the metrics, plus counts and timings (what `metrics.json` holds).
         stats: Timings and cache details for reports.
+        dense: For a dense evaluation, what `probe_dense` measures on: the `EmbeddingSource`, the passages,
+            the query and corpus matrices and their ids (not written anywhere).
     """
 
     run: pl.DataFrame
     per_query: pl.DataFrame
     metrics: dict[str, Any]
     stats: dict[str, Any] = field(default_factory=dict)
+    dense: dict[str, Any] | None = field(default=None, repr=False)
 
 
 def rescore_folder(source: Path, qrels: Mapping[str, Mapping[str, int]], top_k: int) -> Evaluation:
@@ -296,4 +300,26 @@ def evaluate_dense(
         "search_seconds": round(search_seconds, 2),
         "total_seconds": round(total, 2),
     }
-    return Evaluation(run=run, per_query=per_query, metrics=metrics, stats=stats)
+    inputs = {"source": source, "passages": passages, "query_emb": query_emb.matrix, "doc_emb": corpus.matrix}
+    inputs.update(query_ids=query_ids, doc_ids=doc_ids, top_k=top_k)
+    return Evaluation(run=run, per_query=per_query, metrics=metrics, stats=stats, dense=inputs)
+
+
+def probe_dense(evaluation: Evaluation, passages: int, queries: int, seed: int = 0) -> list[RateProbe]:
+    """The rate probes of a dense evaluation, on its own data (`lib.retrieval.dense.probe_encoding`,
+    `probe_search`): encoding a sample of the corpus, and searching the real embeddings for a sample of
+    the queries. Loads the encoder when the evaluation read every embedding from the cache.
+
+    Args:
+        evaluation: The outcome of `evaluate_dense`.
+        passages: Corpus passages in the encoding sample.
+        queries: Queries in the search sample.
+        seed: Seed of both samples.
+    """
+    d = evaluation.dense
+    if d is None:
+        raise ValueError("probe_dense needs the outcome of evaluate_dense (a dense system)")
+    return [
+        dense.probe_encoding(d["source"].encoder, d["passages"], passages, seed),
+        dense.probe_search(d["query_emb"], d["doc_emb"], d["query_ids"], d["doc_ids"], d["top_k"], queries, seed),
+    ]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -38,6 +38,9 @@ from hnr_assets.lib.generation.prompts import PromptTemplate
 from hnr_assets.lib.generation.shards import ShardStore
 from hnr_assets.lib.mining.negatives import NEGATIVES_PER_PAIR, NEGATIVES_SCHEMA
 from hnr_assets.lib.runtime.errors import HnrError
+
+if TYPE_CHECKING:
+    from hnr_assets.lib.runtime.rates import RateProbe
 
 REJECTIONS_SCHEMA = {
     "query_id": pl.String,
@@ -145,6 +148,7 @@ class RunReport(GenerationCounts):
     pairs_total: int = 0
     pairs_skipped: int = 0
     pairs_generated: int = 0
+    negatives: int = 0
     shards_written: int = 0
     generate_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -153,6 +157,11 @@ class RunReport(GenerationCounts):
     @property
     def tokens_per_second(self) -> float:
         return self.completion_tokens / self.generate_seconds if self.generate_seconds else 0.0
+
+    @property
+    def negatives_per_second(self) -> float | None:
+        """Valid negatives kept per second of generation (None when nothing was generated)."""
+        return self.negatives / self.generate_seconds if self.generate_seconds > 0 else None
 
 
 def select_pairs(pairs: pl.DataFrame, max_pairs: int | None, seed: int) -> pl.DataFrame:
@@ -369,6 +378,7 @@ def generate_negatives(
         store.write(_shard_tables(states, plan, rejections, completions, stats))
         report.shards_written += 1
         report.pairs_generated += len(states)
+        report.negatives += sum(len(s.validator.kept) for s in states)
         report.requests += shard["requests"]
         report.completions += shard["completions"]
         report.prompt_tokens += shard["prompt_tokens"]
@@ -451,3 +461,107 @@ def write_outputs(outputs: dict[str, pl.DataFrame], folder: Path) -> dict[str, P
 
     names = {"negatives": "negatives", "rejections": "rejections", "pairs": "pair_stats"}
     return {key: write_parquet(outputs[key], Path(folder) / f"{name}.parquet") for key, name in names.items()}
+
+
+# ------------------------------------------------------------------------------------------ rate probe
+
+# The `local` profile's generator before issue 13 (`benchmarks/generation.py`, "transformers, before"):
+# the transformers backend in fp32 on 2 torch threads, batch 36, a passage per completion (`single-v1`),
+# 6 completions of <= 96 tokens, up to 3 attempts of 6 each, the study's sampling.
+BEFORE_ISSUE_13 = {
+    "prompt": "single-v1",
+    "completions": 6,
+    "max_attempts": 3,
+    "batch_size": 36,
+    "torch_threads": 2,
+    "precision": "float32",
+    "sampling": Sampling(temperature=0.6, top_p=0.95, top_k=20, max_tokens=96),
+}
+
+
+def probe_generation(
+    report: RunReport | None,
+    hnr_name: str,
+    model_dir: Path | None,
+    pairs: pl.DataFrame,
+    plan: GenerationPlan,
+    work_dir: Path,
+    *,
+    sample: int = 3,
+    seed: int = 0,
+    chat_template_kwargs: dict[str, Any] | None = None,
+) -> RateProbe:
+    """Valid negatives/s of this run's generation against the transformers settings `local` had before
+    issue 13 (`BEFORE_ISSUE_13`), on a seeded sample of the partition's pairs.
+
+    hnr's side is the run's own report (kept negatives / generation seconds); the baseline runs the
+    whole loop (prompts, completions, parser, validator, retries) on `sample` pairs with the same
+    validation rules and positive cut. No baseline runs for a served model (no local weights) or when the
+    run generated nothing (every shard reused): the probe says why.
+
+    Args:
+        report: What `generate_negatives` did in this run (None: it did not run).
+        hnr_name: hnr's backend, in words.
+        model_dir: The generator's local transformers folder (None: served over HTTP).
+        pairs: The partition's pairs.
+        plan: The partition's plan (its rules and positive cut are kept; the rest is the baseline's).
+        work_dir: Scratch folder for the baseline's shards.
+        sample: Pairs the baseline generates for.
+        seed: Seed of the sample.
+        chat_template_kwargs: Passed to the chat template (the generator's own).
+    """
+    import dataclasses
+
+    import torch
+
+    from hnr_assets.lib.generation.engines import TransformersEngine
+    from hnr_assets.lib.generation.prompts import load_prompt
+    from hnr_assets.lib.runtime.rates import RateProbe
+
+    before = BEFORE_ISSUE_13
+    name = "transformers fp32, 2 threads, batch 36, 6 x <= 96 tokens, 3 attempts (local before issue 13)"
+    probe = {"stage": "generation", "unit": "valid negatives/s", "hnr_name": hnr_name, "baseline_name": name}
+    rate = report.negatives_per_second if report is not None else None
+    if rate is None:
+        reason = "every pair was reused from written shards: nothing was generated in this run"
+        return RateProbe(**probe, hnr_rate=None, baseline_rate=None, sample=0, skipped=reason)
+    if model_dir is None:
+        reason = "served over HTTP: no local baseline applies"
+        return RateProbe(**probe, hnr_rate=rate, baseline_rate=None, sample=0, skipped=reason)
+    chosen = pairs.sample(min(sample, pairs.height), seed=seed)
+    baseline_plan = dataclasses.replace(
+        plan,
+        template=load_prompt(before["prompt"]),
+        completions=before["completions"],
+        max_attempts=before["max_attempts"],
+        retry_factor=None,
+        pairs_per_shard=max(1, chosen.height),
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(before["torch_threads"])
+    try:
+        engine = TransformersEngine(
+            Path(model_dir),
+            before["sampling"],
+            chat_template_kwargs or {},
+            before["batch_size"],
+            "cpu",
+            before["precision"],
+            log=lambda _m: None,
+        )
+        try:
+            signature = baseline_plan.signature_settings("rate-probe", "transformers", before["sampling"])
+            with ShardStore(Path(work_dir), signature, SHARD_TABLES) as store:
+                baseline = generate_negatives(chosen, engine, baseline_plan, store)
+        finally:
+            engine.close()
+    finally:
+        torch.set_num_threads(threads)
+    measured = baseline.negatives_per_second
+    return RateProbe(
+        **probe,
+        hnr_rate=rate,
+        baseline_rate=measured,
+        sample=chosen.height,
+        skipped="" if measured is not None else "the baseline measured no generation time",
+    )

@@ -32,6 +32,7 @@ import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,6 +42,9 @@ from hnr_assets.lib.runtime.models import hub_snapshot, parse_model_reference
 from hnr_assets.lib.runtime.precision import autocast, resolve_device
 from hnr_assets.lib.runtime.remote_code import trust_remote_code as check_remote_code
 from hnr_assets.lib.runtime.tiny_models import tiny_bert
+
+if TYPE_CHECKING:
+    from hnr_assets.lib.runtime.rates import RateProbe
 
 MANIFEST = "hnr_cross_encoder.json"
 # Files fetched from the hub: weights in safetensors, the tokenizer, the config.
@@ -443,3 +447,159 @@ def download_hub_model(repo_id: str, target: Path, *, revision: str | None = Non
     if not (target / "config.json").is_file():
         raise HnrError(f"{repo_id}: no config.json on the hub; not a transformers model")
     return {"kind": "hub", "detail": repo_id, "revision": revision or "main"}
+
+
+# ------------------------------------------------------------------------------------------ rate probe
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    """The protobuf varint at `data[i]` and the position after it."""
+    value = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, i
+
+
+def _protobuf_fields(data: bytes):
+    """`(field number, wire type, value)` of one protobuf message (bytes for length-delimited fields)."""
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(data, i)
+        elif wire == 2:
+            size, i = _varint(data, i)
+            value, i = data[i : i + size], i + size
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            value, i = data[i : i + width], i + width
+        else:
+            raise HnrError(f"unsupported protobuf wire type {wire}")
+        yield number, wire, value
+
+
+def _onnx_matrix_shapes(path: Path) -> list[tuple[int, int]]:
+    """Shapes of the 2-D weight tensors (initializers) of an ONNX model, read from its protobuf directly.
+
+    ONNX `ModelProto.graph` is field 7, `GraphProto.initializer` field 5, `TensorProto.dims` field 1.
+    """
+    data = Path(path).read_bytes()
+    graph = next((v for n, w, v in _protobuf_fields(data) if n == 7 and w == 2), b"")
+    shapes = []
+    for number, wire, tensor in _protobuf_fields(graph):
+        if number != 5 or wire != 2:
+            continue
+        dims: list[int] = []
+        for field_number, field_wire, value in _protobuf_fields(tensor):
+            if field_number == 1 and field_wire == 0:
+                dims.append(value)
+            elif field_number == 1 and field_wire == 2:  # packed
+                j = 0
+                while j < len(value):
+                    dim, j = _varint(value, j)
+                    dims.append(dim)
+        if len(dims) == 2:
+            shapes.append((dims[0], dims[1]))
+    return shapes
+
+
+def architecture_config(model_dir: Path):
+    """A transformers config of the cross-encoder's architecture: its `config.json`, or, for an ONNX-only
+    folder, a BERT config read off the graph's weight shapes (vocabulary x hidden embeddings, one
+    hidden x intermediate matrix per layer; 12 heads when the hidden size divides by 12, as in the MiniLM
+    and BERT-base cross-encoders: the head count barely changes the speed).
+
+    Raises:
+        HnrError: The folder has neither a config nor an ONNX graph of BERT shape.
+    """
+    from transformers import AutoConfig, BertConfig
+
+    model_dir = Path(model_dir)
+    if (model_dir / "config.json").is_file():
+        config = AutoConfig.from_pretrained(str(model_dir))
+        config.num_labels = 1
+        return config
+    shapes = _onnx_matrix_shapes(model_dir / "model.onnx") if (model_dir / "model.onnx").is_file() else []
+    if not shapes:
+        raise HnrError(f"{model_dir}: no config.json and no ONNX weight matrices to read an architecture from")
+    vocab, hidden = max(shapes)  # the word embeddings: the largest first dimension
+    ffn = [b for a, b in shapes if a == hidden and b > hidden]
+    positions = [a for a, b in shapes if b == hidden and hidden < a < vocab and a not in ffn]
+    if not ffn:
+        raise HnrError(f"{model_dir / 'model.onnx'}: no hidden x intermediate matrices; not a BERT-like graph")
+    return BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=len(ffn),
+        num_attention_heads=12 if hidden % 12 == 0 else max(1, hidden // 64),
+        intermediate_size=max(set(ffn), key=ffn.count),
+        max_position_embeddings=max(positions, default=512),
+        num_labels=1,
+    )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def probe_cross_encoder(
+    scorer: CrossEncoderScorer,
+    model_dir: Path,
+    queries: Sequence[str],
+    passages: Sequence[str],
+    work_dir: Path,
+    seed: int = 0,
+) -> RateProbe:
+    """Pairs/s of hnr's scorer against a sentence-transformers `CrossEncoder` in fp32 on the same pairs.
+
+    The baseline has the architecture of the model in `model_dir` (`architecture_config`) with random
+    weights (no fp32 copy of an int8 ONNX model's weights exists offline), as `benchmarks/mining.py`
+    does: only speed is compared, never scores. Both score the same pairs with the same max length and
+    batch size, after a warm-up of two pairs each.
+
+    Args:
+        scorer: hnr's loaded scorer (`load_cross_encoder`).
+        model_dir: The cross-encoder folder (tokenizer files and architecture).
+        queries, passages: The sample of pairs.
+        work_dir: Scratch folder for the random-weights model (removed afterwards).
+        seed: Seed of the random weights.
+
+    Returns:
+        A `lib.runtime.rates.RateProbe` of stage `ce_scoring`.
+    """
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForSequenceClassification
+
+    from hnr_assets.lib.runtime.rates import RateProbe, per_second, timed
+
+    scorer.score(queries[:2], passages[:2])
+    _, hnr_seconds = timed(lambda: scorer.score(queries, passages))
+    folder = Path(work_dir) / "random-weights-cross-encoder"
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        torch.manual_seed(seed)
+        AutoModelForSequenceClassification.from_config(architecture_config(model_dir)).save_pretrained(str(folder))
+        for name in TOKENIZER_FILES:
+            if (Path(model_dir) / name).is_file():
+                shutil.copy2(Path(model_dir) / name, folder / name)
+        bare = CrossEncoder(str(folder), device="cpu", max_length=scorer.max_length, local_files_only=True)
+        pairs = list(zip(queries, passages, strict=True))
+        bare.predict(pairs[:2], batch_size=scorer.batch_size, show_progress_bar=False)
+        _, bare_seconds = timed(lambda: bare.predict(pairs, batch_size=scorer.batch_size, show_progress_bar=False))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return RateProbe(
+        stage="ce_scoring",
+        unit="pairs/s",
+        hnr_name=f"hnr {scorer.runtime} scorer (length-sorted batches)",
+        hnr_rate=per_second(len(queries), hnr_seconds),
+        baseline_name="sentence-transformers CrossEncoder fp32, same architecture, random weights (speed only)",
+        baseline_rate=per_second(len(queries), bare_seconds),
+        sample=len(queries),
+        skipped="" if hnr_seconds > 0 and bare_seconds > 0 else "no time measured",
+    )

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -33,6 +33,9 @@ from hnr_assets.lib.runtime.errors import ConfigError, DataValidationError
 from hnr_assets.lib.runtime.io import atomic_dir, check_safe_name, file_sha256
 from hnr_assets.lib.runtime.precision import PRECISIONS, autocast, resolve_device, resolve_precision
 from hnr_assets.lib.runtime.remote_code import trust_remote_code
+
+if TYPE_CHECKING:
+    from hnr_assets.lib.runtime.rates import RateProbe
 
 CACHE_FORMAT = 1
 DEVICES = ("auto", "cpu", "cuda")
@@ -503,3 +506,115 @@ class EmbeddingSource:
                 },
             )
         return Embeddings(matrix, False, seconds, key)
+
+
+# ------------------------------------------------------------------------------------------ rate probes
+
+
+def _seeded_rows(n: int, sample: int, seed: int) -> list[int]:
+    import random
+
+    return sorted(random.Random(seed).sample(range(n), min(sample, n)))
+
+
+def probe_encoding(encoder: Encoder, passages: Sequence[str], sample: int, seed: int = 0) -> RateProbe:
+    """Passages/s of hnr's `encode` against bare `SentenceTransformer.encode` in fp32 on the same passages.
+
+    Both sides encode the same seeded sample of `passages` with the same max length and batch size, after
+    a two-passage warm-up each; hnr uses its resolved device and precision (the `auto` precision's
+    choice), the baseline the CPU in fp32, as `SentenceTransformer(model_dir, device="cpu")` gives it.
+
+    Args:
+        encoder: hnr's loaded encoder (`load_encoder`, or `EmbeddingSource.encoder`).
+        passages: Passages to draw the sample from (`title + " " + text`).
+        sample: Passages in the sample.
+        seed: Seed of the sample.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    from hnr_assets.lib.runtime.rates import RateProbe, per_second, timed
+
+    texts = [passages[i] for i in _seeded_rows(len(passages), sample, seed)]
+    opts = encoder.options
+    encode(encoder, texts[:2])
+    _, hnr_seconds = timed(lambda: encode(encoder, texts))
+    bare = SentenceTransformer(str(encoder.model_dir), device="cpu", local_files_only=True)
+    bare.max_seq_length = opts.max_length
+    bare.encode(texts[:2], batch_size=opts.batch_size, show_progress_bar=False)
+    _, bare_seconds = timed(lambda: bare.encode(texts, batch_size=opts.batch_size, show_progress_bar=False))
+    return RateProbe(
+        stage="encoding",
+        unit="passages/s",
+        hnr_name=f"hnr encode ({opts.precision}, {opts.device}, length-sorted)",
+        hnr_rate=per_second(len(texts), hnr_seconds),
+        baseline_name="sentence-transformers encode (fp32, cpu)",
+        baseline_rate=per_second(len(texts), bare_seconds),
+        sample=len(texts),
+        skipped="" if hnr_seconds > 0 and bare_seconds > 0 else "no time measured",
+    )
+
+
+class _PrecomputedModel:
+    """A BEIR dense model that returns embeddings already computed (BEIR then only searches)."""
+
+    def __init__(self, query_emb: np.ndarray, doc_emb: np.ndarray) -> None:
+        import torch
+
+        self.torch, self.query_emb, self.doc_emb = torch, query_emb, doc_emb
+
+    def encode_queries(self, queries, batch_size: int = 0, **kwargs):
+        return self.torch.from_numpy(np.ascontiguousarray(self.query_emb[: len(queries)]))
+
+    def encode_corpus(self, corpus, batch_size: int = 0, **kwargs):
+        rows = [int(doc["row"]) for doc in corpus]
+        return self.torch.from_numpy(np.ascontiguousarray(self.doc_emb[rows]))
+
+
+def probe_search(
+    query_emb: np.ndarray,
+    doc_emb: np.ndarray,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    top_k: int,
+    sample: int,
+    seed: int = 0,
+) -> RateProbe:
+    """Queries/s of `exact_search` against beir's `DenseRetrievalExactSearch.search` on the same embeddings.
+
+    Both search the whole corpus matrix for the same seeded sample of queries, cosine similarity, top
+    `top_k`; BEIR is given the embeddings through a model whose `encode_*` return them, so only its
+    search (torch matrix product, `topk`, heaps) is timed. When beir is not installed, the probe says so.
+    """
+    from hnr_assets.lib.runtime.rates import RateProbe, per_second, timed
+
+    rows = _seeded_rows(len(query_ids), sample, seed)
+    q, ids = np.ascontiguousarray(query_emb[rows]), [query_ids[i] for i in rows]
+    _, hnr_seconds = timed(lambda: exact_search(q, doc_emb, ids, doc_ids, top_k))
+    name = "beir DenseRetrievalExactSearch (cos_sim)"
+    probe = {"stage": "search", "unit": "queries/s", "hnr_name": "hnr exact_search (numpy, blocked top-k)"}
+    hnr_rate = per_second(len(ids), hnr_seconds)
+    try:
+        from beir.retrieval.search.dense import DenseRetrievalExactSearch
+    except ImportError as exc:
+        return RateProbe(
+            **probe,
+            hnr_rate=hnr_rate,
+            baseline_name=name,
+            baseline_rate=None,
+            sample=len(ids),
+            skipped=f"beir is not importable ({exc}); install the dev extra",
+        )
+    corpus = {doc_id: {"title": "", "text": "", "row": i} for i, doc_id in enumerate(doc_ids)}
+    queries = dict(zip(ids, ids, strict=True))
+    search = DenseRetrievalExactSearch(
+        _PrecomputedModel(q, np.asarray(doc_emb)), batch_size=128, corpus_chunk_size=50_000, show_progress_bar=False
+    )
+    _, beir_seconds = timed(lambda: search.search(corpus, queries, top_k, "cos_sim"))
+    return RateProbe(
+        **probe,
+        hnr_rate=hnr_rate,
+        baseline_name=name,
+        baseline_rate=per_second(len(ids), beir_seconds),
+        sample=len(ids),
+        skipped="" if hnr_seconds > 0 and beir_seconds > 0 else "no time measured",
+    )

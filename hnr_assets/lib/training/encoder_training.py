@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -36,6 +36,9 @@ from hnr_assets.lib.runtime.errors import ConfigError
 from hnr_assets.lib.runtime.precision import autocast, resolve_device, resolve_precision
 from hnr_assets.lib.runtime.progress import Progress
 from hnr_assets.lib.runtime.remote_code import trust_remote_code as check_remote_code
+
+if TYPE_CHECKING:
+    from hnr_assets.lib.runtime.rates import RateProbe
 
 VALIDATION = "validation"
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
@@ -517,4 +520,79 @@ def train_encoder(
         precision=precision,
         device=device,
         history=[dict(entry) for entry in state.log_history],
+    )
+
+
+# ------------------------------------------------------------------------------------------ rate probe
+
+
+def probe_training(
+    base_model_dir: Path,
+    train_rows: pl.DataFrame,
+    per_row: int,
+    settings: TrainerOptions,
+    hnr_rate: float | None,
+    hnr_name: str,
+    work_dir: Path,
+    steps: int = 2,
+) -> RateProbe:
+    """Examples/s of the `encoders` asset's training against a bare sentence-transformers fp32 fine-tune.
+
+    The baseline is what a researcher would write by hand: `SentenceTransformer(base, device="cpu")`,
+    `SentenceTransformerTrainer` with `MultipleNegativesRankingLoss` and default arguments (fp32, default
+    sampler, no evaluation, no checkpoints), the asset's batch size, max sequence length and scale, for
+    `steps` steps on the first training rows. hnr's rate is the asset's own (rows trained / seconds of
+    `trainer.train()`, its validation passes included), so the ratio is conservative for hnr.
+
+    Args:
+        base_model_dir: The base encoder folder (the model both start from).
+        train_rows: The recipe's training rows.
+        per_row: Hard negatives per row.
+        settings: The asset's trainer options.
+        hnr_rate: The asset's examples/s (None when it did not train).
+        hnr_name: hnr's training, in words (precision, device).
+        work_dir: Scratch folder for the baseline's trainer.
+        steps: Baseline steps.
+    """
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from hnr_assets.lib.runtime.rates import RateProbe, per_second, timed
+
+    rows = train_rows.head(settings.batch_size * steps).select(trainer_columns(per_row))
+    name = "sentence-transformers trainer fp32, MNRL, default arguments"
+    probe = {"stage": "training", "unit": "examples/s", "hnr_name": hnr_name, "baseline_name": name}
+    if hnr_rate is None:
+        return RateProbe(**probe, hnr_rate=None, baseline_rate=None, sample=0, skipped="the asset trained no step")
+    model = SentenceTransformer(str(base_model_dir), device="cpu", local_files_only=True)
+    model.max_seq_length = settings.max_seq_length
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(Path(work_dir) / "bare"),
+        per_device_train_batch_size=settings.batch_size,
+        max_steps=steps,
+        save_strategy="no",
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        seed=settings.seed,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_polars(rows),
+        loss=MultipleNegativesRankingLoss(model, scale=settings.scale),
+    )
+    _, seconds = timed(trainer.train)
+    done = trainer.state.global_step * settings.batch_size
+    return RateProbe(
+        **probe,
+        hnr_rate=hnr_rate,
+        baseline_rate=per_second(done, seconds),
+        sample=rows.height,
+        skipped="" if seconds > 0 else "the baseline measured no time",
     )
