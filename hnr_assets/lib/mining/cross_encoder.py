@@ -575,7 +575,7 @@ def probe_cross_encoder(
     from sentence_transformers import CrossEncoder
     from transformers import AutoModelForSequenceClassification
 
-    from hnr_assets.lib.runtime.rates import RateProbe, per_second, timed
+    from hnr_assets.lib.runtime.rates import from_seconds, timed
 
     scorer.score(queries[:2], passages[:2])
     _, hnr_seconds = timed(lambda: scorer.score(queries, passages))
@@ -593,13 +593,12 @@ def probe_cross_encoder(
         _, bare_seconds = timed(lambda: bare.predict(pairs, batch_size=scorer.batch_size, show_progress_bar=False))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return RateProbe(
-        stage="ce_scoring",
-        unit="pairs/s",
-        hnr_name=f"hnr {scorer.runtime} scorer (length-sorted batches)",
-        hnr_rate=per_second(len(queries), hnr_seconds),
-        baseline_name="sentence-transformers CrossEncoder fp32, same architecture, random weights (speed only)",
-        baseline_rate=per_second(len(queries), bare_seconds),
-        sample=len(queries),
-        skipped="" if hnr_seconds > 0 and bare_seconds > 0 else "no time measured",
+    return from_seconds(
+        "ce_scoring",
+        "pairs/s",
+        len(queries),
+        f"hnr {scorer.runtime} scorer (length-sorted batches)",
+        hnr_seconds,
+        "sentence-transformers CrossEncoder fp32, same architecture, random weights (speed only)",
+        bare_seconds,
     )

@@ -532,7 +532,7 @@ def probe_encoding(encoder: Encoder, passages: Sequence[str], sample: int, seed:
     """
     from sentence_transformers import SentenceTransformer
 
-    from hnr_assets.lib.runtime.rates import RateProbe, per_second, timed
+    from hnr_assets.lib.runtime.rates import from_seconds, timed
 
     texts = [passages[i] for i in _seeded_rows(len(passages), sample, seed)]
     opts = encoder.options
@@ -542,15 +542,14 @@ def probe_encoding(encoder: Encoder, passages: Sequence[str], sample: int, seed:
     bare.max_seq_length = opts.max_length
     bare.encode(texts[:2], batch_size=opts.batch_size, show_progress_bar=False)
     _, bare_seconds = timed(lambda: bare.encode(texts, batch_size=opts.batch_size, show_progress_bar=False))
-    return RateProbe(
-        stage="encoding",
-        unit="passages/s",
-        hnr_name=f"hnr encode ({opts.precision}, {opts.device}, length-sorted)",
-        hnr_rate=per_second(len(texts), hnr_seconds),
-        baseline_name="sentence-transformers encode (fp32, cpu)",
-        baseline_rate=per_second(len(texts), bare_seconds),
-        sample=len(texts),
-        skipped="" if hnr_seconds > 0 and bare_seconds > 0 else "no time measured",
+    return from_seconds(
+        "encoding",
+        "passages/s",
+        len(texts),
+        f"hnr encode ({opts.precision}, {opts.device}, length-sorted)",
+        hnr_seconds,
+        "sentence-transformers encode (fp32, cpu)",
+        bare_seconds,
     )
 
 
@@ -585,7 +584,7 @@ def probe_search(
     `top_k`; BEIR is given the embeddings through a model whose `encode_*` return them, so only its
     search (torch matrix product, `topk`, heaps) is timed. When beir is not installed, the probe says so.
     """
-    from hnr_assets.lib.runtime.rates import RateProbe, per_second, timed
+    from hnr_assets.lib.runtime.rates import RateProbe, from_seconds, per_second, timed
 
     rows = _seeded_rows(len(query_ids), sample, seed)
     q, ids = np.ascontiguousarray(query_emb[rows]), [query_ids[i] for i in rows]
@@ -610,11 +609,4 @@ def probe_search(
         _PrecomputedModel(q, np.asarray(doc_emb)), batch_size=128, corpus_chunk_size=50_000, show_progress_bar=False
     )
     _, beir_seconds = timed(lambda: search.search(corpus, queries, top_k, "cos_sim"))
-    return RateProbe(
-        **probe,
-        hnr_rate=hnr_rate,
-        baseline_name=name,
-        baseline_rate=per_second(len(ids), beir_seconds),
-        sample=len(ids),
-        skipped="" if hnr_seconds > 0 and beir_seconds > 0 else "no time measured",
-    )
+    return from_seconds(probe["stage"], probe["unit"], len(ids), probe["hnr_name"], hnr_seconds, name, beir_seconds)

@@ -94,13 +94,7 @@ def bf16_pays_off(native: bool, timer: Callable[[bool], float] = time_matmul_ste
 @functools.cache
 def cpu_bf16_is_faster() -> bool:
     """`bf16_pays_off` for this CPU, measured once per process (about a second where the flags show bf16)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        return bf16_pays_off(cpu_has_native_bf16())
-    finally:
-        torch.set_num_threads(threads)
+    return bf16_pays_off(cpu_has_native_bf16())
 
 
 def resolve_precision(

@@ -103,6 +103,22 @@ def per_second(count: float, seconds: float) -> float | None:
     return count / seconds if seconds > 0 else None
 
 
+def from_seconds(
+    stage: str, unit: str, sample: int, hnr_name: str, hnr_seconds: float, baseline_name: str, baseline_seconds: float
+) -> RateProbe:
+    """The probe of `sample` items processed once by hnr and once by the baseline in the seconds given."""
+    return RateProbe(
+        stage=stage,
+        unit=unit,
+        hnr_name=hnr_name,
+        hnr_rate=per_second(sample, hnr_seconds),
+        baseline_name=baseline_name,
+        baseline_rate=per_second(sample, baseline_seconds),
+        sample=sample,
+        skipped="" if hnr_seconds > 0 and baseline_seconds > 0 else "no time measured",
+    )
+
+
 def read_probes(metadata: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The probes recorded in a materialization's metadata: `{stage: {field: value}}`.
 
