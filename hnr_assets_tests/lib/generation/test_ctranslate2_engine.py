@@ -132,6 +132,44 @@ def test_single_thread_workers_leave_torch_its_threads(converted) -> None:
         torch.set_num_threads(threads)
 
 
+def test_every_call_hands_its_freed_heap_back(converted, monkeypatch: pytest.MonkeyPatch) -> None:
+    # glibc kept each call's freed worker buffers: llm_negatives grew to 7.8 GiB in `make demo` of
+    # 2026-12-02. The heap is trimmed once per call, after the call's workers are released.
+    import gc
+    import types
+    import weakref
+
+    import ctranslate2
+
+    import hnr_assets.lib.generation.ctranslate2_engine as module
+
+    alive: weakref.WeakSet = weakref.WeakSet()
+
+    class TrackedGenerator:
+        def __init__(self, *args, **kwargs) -> None:
+            self._generator = ctranslate2.Generator(*args, **kwargs)
+            alive.add(self)
+
+        def __getattr__(self, name: str):
+            return getattr(self._generator, name)
+
+    workers_at_trim: list[int] = []
+
+    def trim() -> bool:
+        gc.collect()
+        workers_at_trim.append(len(alive))
+        return True
+
+    folder, _ = converted
+    monkeypatch.setattr(module, "release_free_memory", trim)
+    engine = CTranslate2Engine(folder, SAMPLING, {}, batch_size=4, threads=WorkerPlan(2, 1))
+    engine._ct2 = types.SimpleNamespace(Generator=TrackedGenerator, set_random_seed=ctranslate2.set_random_seed)
+    first = engine.generate(_requests())
+    engine.generate(_requests(seeds=(4, 5, 6)))
+    assert workers_at_trim == [0, 0]
+    assert all(c.tokens > 0 for r in first for c in r.completions)
+
+
 def test_greedy_and_stop_strings(converted) -> None:
     folder, _ = converted
     greedy = Sampling(temperature=0.0, max_tokens=8)
