@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 import resource
 from pathlib import Path
@@ -45,13 +46,22 @@ def release_free_memory() -> bool:
         Whether `malloc_trim` was called (False where the C library is not glibc: musl, macOS).
     """
     gc.collect()
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's `malloc_trim`, looked up once per process (`find_library` runs `ldconfig`), or None."""
     name = ctypes.util.find_library("c")
     if not name:
-        return False
+        return None
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(name).malloc_trim(0)
-        return True
-    return False
+        return ctypes.CDLL(name).malloc_trim
+    return None
 
 
 def reset_peak() -> bool:
