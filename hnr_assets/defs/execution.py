@@ -14,7 +14,10 @@ partitions per run loop over them with `each_partition`. Jobs and the automation
   CPU cores or the GPU of the machine for their whole step. They share the pool `HEAVY_POOL`, limited to
   one step at a time by the instance (`concurrency.pools.default_limit: 1` in `hnr_assets/dagster.yaml`
   and `docker/dagster.yaml`; raise it with `dagster instance concurrency set heavy N` on a machine with
-  N GPUs). Cheap assets have no pool and run side by side.
+  N GPUs). Cheap assets have no pool and run side by side. On an instance with SQLite storage (`make dev`,
+  `make demo`) a heavy step also holds one of the pool's host slots (`pool_host_slot`): Dagster 1.13's
+  SQLite storage can give a pool's last slot to two steps that claim it in the same instant (its claim
+  reads a free slot, then writes it, and SQLite ignores `FOR UPDATE`), which CI caught once.
 - **Automation.** Assets downstream of the negative sets carry `refresh_condition()`: when an input
   changes (a generator's negatives rewritten, a training set rebuilt, an encoder retrained), the
   dependent partitions are requested, once their inputs are complete, not in progress and have passed
@@ -24,15 +27,19 @@ partitions per run loop over them with `each_partition`. Jobs and the automation
 import functools
 import inspect
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.storage.event_log import ConsolidatedSqliteEventLogStorage, SqliteEventLogStorage
 
 from hnr_assets.defs import versions
 from hnr_assets.defs.checks import Check, problems_result
 from hnr_assets.defs.partitions import partitions_of
+from hnr_assets.lib.runtime.slots import hold_slot
 from hnr_assets.profiles.schema import Profile
 
 # `backfill_policy` is marked beta in Dagster 1.13 (stable in use since 1.5); its warning would be printed
@@ -195,7 +202,52 @@ def hnr_asset(
         **run_policy(name),
         **kwargs,
     )
+    if POLICIES[name].heavy:
+        return lambda fn: asset(in_pool_host_slot(HEAVY_POOL, record_settings_hash(profile, name, fn)))
     return lambda fn: asset(record_settings_hash(profile, name, fn))
+
+
+@contextmanager
+def pool_host_slot(instance: dg.DagsterInstance, pool: str, log: Any) -> Iterator[Path | None]:
+    """Hold one of the `pool`'s slots on this host while a step of that pool runs.
+
+    Only on an instance whose event log is in SQLite, which is one machine's instance: the lock files are
+    `<DAGSTER_HOME>/pools/<pool>.<i>.lock`, as many as the pool's limit. Elsewhere (Postgres in the
+    compose stack) and for a pool without a limit, nothing is held. A step that finds every slot taken
+    although Dagster let it start logs a warning and waits.
+
+    Yields:
+        The lock file held, or None.
+    """
+    storage = instance.event_log_storage
+    if not isinstance(storage, SqliteEventLogStorage | ConsolidatedSqliteEventLogStorage):
+        yield None
+        return
+    limit = storage.get_concurrency_info(pool).limit
+    if not limit:
+        yield None
+        return
+
+    def waiting(paths: list[Path]) -> None:
+        log.warning(
+            f"every slot of pool {pool!r} on this host is held by another step ({paths[0].parent}), although "
+            "Dagster let this step start (its SQLite storage can grant one slot to two steps claiming it at "
+            "once); waiting for it to finish"
+        )
+
+    with hold_slot(Path(instance.root_directory) / "pools", pool, limit, on_wait=waiting) as path:
+        yield path
+
+
+def in_pool_host_slot(pool: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn`, an asset's body taking `context` first, run inside `pool_host_slot` of its instance."""
+
+    @functools.wraps(fn)
+    def body(context: dg.AssetExecutionContext, *args: Any, **kwargs: Any) -> Any:
+        with pool_host_slot(context.instance, pool, context.log):
+            return fn(context, *args, **kwargs)
+
+    return body
 
 
 def record_settings_hash(profile: Profile, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:

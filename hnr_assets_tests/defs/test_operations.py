@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -141,6 +142,36 @@ def test_a_settings_hash_the_body_records_wins_over_the_profile_s(test_settings:
     assert recorded == expected
 
 
+@pytest.mark.parametrize("name", ["bm25_negatives", "ce_negatives"])
+def test_heavy_asset_bodies_run_inside_the_host_slot_of_a_sqlite_instance(
+    test_settings: Settings, tmp_path: Path, name: str
+) -> None:
+    import fcntl
+
+    profile = load_profile(test_settings.profile_path)
+    home = init_dagster_home(tmp_path / "home")
+    lock = home / "pools" / f"{HEAVY_POOL}.0.lock"
+    seen: list[bool] = []
+
+    def body(context) -> dg.MaterializeResult:  # unannotated: Dagster refuses a string annotation
+        held = lock.exists()
+        if held:
+            with lock.open("a+") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+                    held = False
+                except BlockingIOError:
+                    pass
+        seen.append(held)
+        return dg.MaterializeResult()
+
+    asset = hnr_asset(name, profile, description="is the slot held?")(body)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert dg.materialize([asset], instance=instance).success
+    assert seen == [POLICIES[name].heavy]
+
+
 def test_an_asset_body_that_does_not_take_context_first_is_refused(test_settings: Settings) -> None:
     profile = load_profile(test_settings.profile_path)
     with pytest.raises(TypeError, match="'datasets'.*`context` as its first parameter"):
@@ -209,26 +240,37 @@ STEP_SCRIPT = """
 import json, sys, time
 from pathlib import Path
 import dagster as dg
+from hnr_assets.defs.execution import in_pool_host_slot
 
 name, pool, home, folder = sys.argv[1:]
 
-@dg.asset(name=name, pool=pool or None)
-def step() -> None:
+def body(context) -> None:
     started = time.time()
     time.sleep(3)
     (Path(folder) / f"{name}.json").write_text(json.dumps([started, time.time()]))
 
+step = dg.asset(name=name, pool=pool or None)(in_pool_host_slot(pool, body) if pool else body)
+
 (Path(folder) / f"{name}.ready").touch()
-while len(list(Path(folder).glob("*.ready"))) < 2:  # both processes have imported Dagster
-    time.sleep(0.05)
+while len(list(Path(folder).glob("*.ready"))) < int(Path(folder, "expected").read_text()):
+    time.sleep(0.05)  # every process has imported Dagster
 with dg.DagsterInstance.from_config(home) as instance:
     dg.materialize([step], instance=instance)
 """
 
 
+def _start_steps(script: Path, home: Path, folder: Path, pool: str, count: int) -> list[subprocess.Popen]:
+    folder.mkdir()
+    (folder / "expected").write_text(str(count))
+    return [
+        subprocess.Popen([sys.executable, str(script), f"step_{i}", pool, str(home), str(folder)]) for i in range(count)
+    ]
+
+
 @pytest.mark.slow
 def test_the_heavy_pool_runs_one_step_at_a_time(tmp_path: Path) -> None:
-    """hnr's `dagster.yaml` limits the pool to one step across runs (two processes); steps without a pool overlap."""
+    """hnr's `dagster.yaml` and host slot limit the pool to one step across runs (two processes started at
+    once); steps without a pool overlap."""
     home = init_dagster_home(tmp_path / "home")
     with dg.DagsterInstance.from_config(str(home)) as instance:  # creates the storage before two processes race
         instance.get_runs()
@@ -237,10 +279,7 @@ def test_the_heavy_pool_runs_one_step_at_a_time(tmp_path: Path) -> None:
 
     def spans(pool: str) -> list[tuple[float, float]]:
         folder = tmp_path / (pool or "none")
-        folder.mkdir()
-        procs = [
-            subprocess.Popen([sys.executable, str(script), f"step_{i}", pool, str(home), str(folder)]) for i in range(2)
-        ]
+        procs = _start_steps(script, home, folder, pool, 2)
         assert [p.wait(timeout=180) for p in procs] == [0, 0]
         return [tuple(json.loads((folder / f"step_{i}.json").read_text())) for i in range(2)]
 
@@ -252,6 +291,35 @@ def test_the_heavy_pool_runs_one_step_at_a_time(tmp_path: Path) -> None:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         info = instance.event_log_storage.get_concurrency_info(HEAVY_POOL)
     assert (info.slot_count, info.active_slot_count) == (1, 0)
+
+
+@pytest.mark.slow
+def test_a_heavy_step_granted_a_taken_slot_waits_for_the_host_slot(tmp_path: Path) -> None:
+    """The case Dagster's SQLite claim lets through (two steps granted the pool's one slot at once), made
+    certain: this process holds the host slot, so the step Dagster starts must wait until it is released."""
+    from hnr_assets.lib.runtime.slots import hold_slot
+
+    home = init_dagster_home(tmp_path / "home")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.get_runs()
+    script = tmp_path / "step.py"
+    script.write_text(STEP_SCRIPT)
+    folder = tmp_path / "held"
+    with hold_slot(home / "pools", HEAVY_POOL, 1):
+        (proc,) = _start_steps(script, home, folder, HEAVY_POOL, 1)
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            deadline = time.monotonic() + 120
+            messages: list[str] = []
+            while not any("every slot of pool 'heavy'" in m for m in messages):  # started, and waiting
+                assert time.monotonic() < deadline and proc.poll() is None, messages
+                time.sleep(0.2)
+                messages = [e.user_message for run in instance.get_runs() for e in instance.all_logs(run.run_id)]
+        time.sleep(4)  # longer than the step (3 s)
+        assert proc.poll() is None and not (folder / "step_0.json").exists()
+        released = time.time()
+    assert proc.wait(timeout=180) == 0
+    started, _ = json.loads((folder / "step_0.json").read_text())
+    assert started >= released
 
 
 def test_demo_runs_of_a_killed_process_give_their_pool_slot_back(tmp_path: Path) -> None:
