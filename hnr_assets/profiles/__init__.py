@@ -26,6 +26,7 @@ def _format_loc(loc: tuple) -> str:
 
 
 EXTENDS_KEY = "extends"
+LIKE_KEY = "like"
 MAX_EXTENDS_DEPTH = 8
 
 
@@ -33,7 +34,8 @@ def merge_sections(base: dict, override: dict) -> dict:
     """`base` with `override` laid over it: mappings merge key by key, anything else is replaced.
 
     Lists are replaced whole (a profile that extends another restates the generators or datasets it
-    wants), so what a profile file says is never mixed element by element with another's list.
+    wants), so what a profile file says is never mixed element by element with another's list. An item
+    of such a list may start from an item of the list it replaces (`like:`, see `resolve_likes`).
     """
     merged = dict(base)
     for key, value in override.items():
@@ -42,6 +44,49 @@ def merge_sections(base: dict, override: dict) -> dict:
         else:
             merged[key] = value
     return merged
+
+
+def _item_id(item: object) -> object:
+    """What a list item is known by: its `key` (generators), else its `name` (datasets, ...)."""
+    if isinstance(item, dict):
+        return item.get("key", item.get("name"))
+    return None
+
+
+def resolve_likes(path: Path, base: dict, layer: dict, where: tuple = ()) -> dict:
+    """`layer` with every list item that says `like: <id>` replaced by that item of `base`'s list, merged.
+
+    `like: smollm2-135m` in `generators` starts from the generator `smollm2-135m` of the profile being
+    extended and lays the item's other keys over it (`merge_sections`), so a profile that adds a variant
+    of a generator states only what differs. Items without `like` are taken as written.
+
+    Raises:
+        ProfileError: `like` names no item of the extended profile's list, or is not a string.
+    """
+    resolved = dict(layer)
+    for key, value in layer.items():
+        here = (*where, key)
+        below = base.get(key) if isinstance(base, dict) else None
+        if isinstance(value, dict):
+            resolved[key] = resolve_likes(path, below if isinstance(below, dict) else {}, value, here)
+        elif isinstance(value, list) and any(isinstance(item, dict) and LIKE_KEY in item for item in value):
+            parents = below if isinstance(below, list) else []
+            items = []
+            for number, item in enumerate(value):
+                if not (isinstance(item, dict) and LIKE_KEY in item):
+                    items.append(item)
+                    continue
+                target = item[LIKE_KEY]
+                matches = [parent for parent in parents if _item_id(parent) == target]
+                if not isinstance(target, str) or not matches:
+                    known = ", ".join(str(_item_id(parent)) for parent in parents) or "none"
+                    raise ProfileError(
+                        f"{path}: key '{_format_loc((*here, number, LIKE_KEY))}': no item {target!r} in the "
+                        f"extended profile's '{_format_loc(here)}' (it has: {known})"
+                    )
+                items.append(merge_sections(matches[0], {k: v for k, v in item.items() if k != LIKE_KEY}))
+            resolved[key] = items
+    return resolved
 
 
 def _read_mapping(path: Path) -> dict:
@@ -84,7 +129,7 @@ def resolve_sections(path: Path) -> dict:
         ProfileError: An unreadable file, invalid YAML, an unknown parent, or a cycle of `extends:`.
     """
     chain: list[Path] = []
-    layers: list[dict] = []
+    layers: list[tuple[Path, dict]] = []
     current = Path(path).resolve()
     while True:
         if current in chain:
@@ -95,13 +140,13 @@ def resolve_sections(path: Path) -> dict:
         chain.append(current)
         data = _read_mapping(current)
         parent = data.pop(EXTENDS_KEY, None)
-        layers.append(data)
+        layers.append((current, data))
         if parent is None:
             break
         current = _extended_path(current, parent)
     merged: dict = {}
-    for layer in reversed(layers):
-        merged = merge_sections(merged, layer)
+    for source, layer in reversed(layers):
+        merged = merge_sections(merged, resolve_likes(source, merged, layer))
     return merged
 
 

@@ -113,3 +113,28 @@ def test_a_profile_extends_another_and_overrides_sections_key_by_key(tmp_path: P
     (tmp_path / "d.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(ProfileError, match=r"missing.yaml: cannot read profile"):
         load_profile(tmp_path / "d.yaml")
+
+
+def test_a_list_item_can_start_like_an_item_of_the_extended_profile(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(
+        BASE.replace(
+            "generators: [{key: g, model: m, backend: transformers}]",
+            "generators: [{key: g, model: m, backend: transformers, seed: 3, sampling: {temperature: 0.5}}]",
+        )
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        "extends: base.yaml\nname: child\ngenerators:\n  - like: g\n"
+        "  - {like: g, key: g2, seed: 4, sampling: {top_p: 0.5}}\n  - {key: h, model: n, backend: transformers}\n"
+    )
+    profile = load_profile(child)
+    g, g2, h = profile.generators
+    assert (g.key, g.seed, g.sampling.temperature) == ("g", 3, 0.5)
+    assert (g2.key, g2.model, g2.seed, g2.sampling.temperature, g2.sampling.top_p) == ("g2", "m", 4, 0.5, 0.5)
+    assert h.model == "n" and h.seed != 3
+    child.write_text("extends: base.yaml\nname: child\ngenerators:\n  - {key: g}\n  - {like: x, key: y}\n")
+    with pytest.raises(ProfileError, match=r"child.yaml: key 'generators.1.like': no item 'x' .*\(it has: g\)"):
+        load_profile(child)
+    (tmp_path / "root.yaml").write_text(BASE.replace("key: g,", "like: g, key: g,"))
+    with pytest.raises(ProfileError, match=r"root.yaml: key 'generators.0.like': no item 'g' .*\(it has: none\)"):
+        load_profile(tmp_path / "root.yaml")
